@@ -1,0 +1,15 @@
+"""User-facing errors: one clear line, naming the bad value and the valid choices."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class RmpeftError(Exception):
+    """An error caused by the user's input (config, data, command line). Printed as one line."""
+
+
+def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> RmpeftError:
+    """Build the standard 'unknown X' error listing the valid choices."""
+    valid = ", ".join(sorted(str(c) for c in choices))
+    return RmpeftError(f"unknown {kind} '{value}'; valid choices: {valid}")

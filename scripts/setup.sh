@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create ./.venv (if missing) and install rmpeft with its test dependencies into it.
+# On a machine without a GPU the CPU build of PyTorch is installed (much smaller); set
+# RMPEFT_TORCH="torch" to let pip choose (a CUDA build on Linux x86_64).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if ! python -c "import torch" 2>/dev/null; then
+  if [ -n "${RMPEFT_TORCH:-}" ]; then
+    pip install -q "$RMPEFT_TORCH"
+  elif command -v nvidia-smi >/dev/null 2>&1; then
+    pip install -q "torch>=2.4,<2.15"
+  else
+    # CPU-only wheel: the default index serves a CUDA build of several GB.
+    pip install -q "torch==2.13.0" || pip install -q "torch>=2.4,<2.15" --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+pip install -q -e ".[dev]"
+echo "rmpeft installed in $(pwd)/.venv (activate with: . .venv/bin/activate)"
