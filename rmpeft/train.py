@@ -45,7 +45,7 @@ def check_choices(args: list[str], conf_dir: Path = CONF_DIR) -> None:
                 raise unknown_choice(key, v, choices)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     from rmpeft.trainer import train
 

@@ -1,0 +1,50 @@
+"""Shared fixtures: Hydra compose helper, temporary results/cache folders, the real-data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(1)
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def compose_train(overrides: list[str]):
+    """The resolved `train` config for the given command-line overrides (Hydra compose API)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("train", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the whole session, so random-init models are materialised once."""
+    return tmp_path_factory.mktemp("rmpeft-cache")
+
+
+@pytest.fixture
+def results_root(tmp_path) -> Path:
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def smoke_overrides(cache_dir, results_root) -> list[str]:
+    """Overrides of a fast offline run: tiny-opt on the synthetic task, no progress bars."""
+    return ["experiment=smoke", f"cache_dir={cache_dir}", f"results_root={results_root}", "trainer.progress=false"]
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real task data not available at {SHARED_DATA}")
+    return SHARED_DATA
