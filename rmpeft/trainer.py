@@ -163,7 +163,8 @@ def evaluate(run: Run, examples: list[Example], desc: str = "eval") -> float:
             else:
                 batch = scoring.collate(chunk, run.tokenizer, int(run.cfg.trainer.max_length)).to(run.device)
                 preds = scoring.predict_choices(model, batch)
-                scores += [float(p == e.gold) for p, e in zip(preds, chunk)]
+                # ReCoRD: an entity can appear under several names, all of them correct (meta["gold_set"]).
+                scores += [float(metrics.is_correct(p, e.meta.get("gold_set", e.gold))) for p, e in zip(preds, chunk)]
     gathered = acc.gather_for_metrics(scores, use_gather_object=True) if acc.num_processes > 1 else scores
     if was_training:
         model.train()

@@ -24,3 +24,9 @@ class Example:
     gold: int = 0
     answers: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+# Imported after Example: the submodules import it from here.
+from rmpeft.data.loading import KINDS, PAPER_TASKS, TASK_NAMES, load_splits  # noqa: E402
+
+__all__ = ["Example", "KINDS", "PAPER_TASKS", "TASK_NAMES", "load_splits"]
