@@ -256,6 +256,9 @@ def fit(run: Run, record: dict[str, Any], logger: RunLogger, save: Callable[[], 
             with acc.accumulate(model):
                 with acc.autocast():
                     loss = batch_loss(run, batch)
+                    reg = run.handle.regularization_loss()  # e.g. AdaLoRA's orthogonality penalty
+                    if reg is not None:
+                        loss = loss + reg
                 value = float(loss.detach())
                 if not math.isfinite(value) or value > float(cfg.trainer.divergence_loss):
                     raise Diverged(f"train loss {value} at epoch {epoch}, step {step}")

@@ -52,6 +52,10 @@ class MethodHandle:
         """Trainable entries (what the paper's `params` share counts)."""
         return sum(p.numel() for p in self.trainable_parameters())
 
+    def regularization_loss(self) -> torch.Tensor | None:
+        """Extra term the method adds to the training loss (None: nothing)."""
+        return None
+
     def on_optimizer_step(self, step: int) -> None:
         """Called after every optimizer step (before zero_grad), with the 1-based step number."""
 

@@ -1,0 +1,36 @@
+"""BitFit (Zaken et al., 2021): train only the bias vectors of the linear layers.
+
+Layer-norm biases stay frozen: the paper's printed BitFit share (e.g. 0.066% of OPT-125m) is exactly
+the linear-layer biases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from rmpeft.errors import RmpeftError
+from rmpeft.methods.base import Method, MethodContext, MethodHandle, find_modules, freeze_all, register_method
+from rmpeft.methods.lora import module_names
+
+
+@register_method("bitfit")
+class BitFit(Method):
+    """Freeze everything except the biases of ``cfg.target_modules`` (null: every ``nn.Linear``)."""
+
+    def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MethodHandle:
+        targets = cfg.get("target_modules")
+        if targets is None:
+            linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        else:
+            linears = find_modules(model, module_names(targets))
+        freeze_all(model)
+        with_bias = [m for m in linears.values() if m.bias is not None]
+        if not with_bias:
+            raise RmpeftError(f"bitfit: none of the {len(linears)} target linear layers has a bias "
+                              "(e.g. Llama models have none); choose another method.target_modules or method")
+        for m in with_bias:
+            m.bias.requires_grad_(True)
+        extra = {"bias_vectors": len(with_bias)}
+        return MethodHandle(model=model, name=self.name, extra=extra)

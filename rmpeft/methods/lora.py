@@ -1,0 +1,47 @@
+"""LoRA (Hu et al., 2021) through peft: low-rank updates ``B A`` on the target projections.
+
+The paper's setting: r=8, alpha=16, no dropout, on ``q_proj`` and ``v_proj`` of every layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+from rmpeft.errors import RmpeftError
+from rmpeft.methods.base import Method, MethodContext, MethodHandle, find_modules, register_method
+
+
+def module_names(value: Any, field: str = "target_modules") -> list[str]:
+    """A config value (one name or a list of names) as a plain list of module-name suffixes."""
+    if isinstance(value, (ListConfig, DictConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, str):
+        value = [value]
+    if not value or not all(isinstance(v, str) and v for v in value):
+        raise RmpeftError(f"method.{field} must be a module name or a list of module names, got {value!r}")
+    return list(value)
+
+
+@register_method("lora")
+class LoRA(Method):
+    """peft's LoRA on ``cfg.target_modules``; the base model is frozen."""
+
+    def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MethodHandle:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        targets = module_names(cfg.target_modules)
+        find_modules(model, targets)  # one-line error naming the modules that exist
+        config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=int(cfg.r),
+            lora_alpha=float(cfg.alpha),
+            lora_dropout=float(cfg.dropout),
+            target_modules=targets,
+            bias="none",
+        )
+        peft_model = get_peft_model(model, config)
+        extra = {"r": int(cfg.r), "alpha": float(cfg.alpha), "target_modules": targets}
+        return MethodHandle(model=peft_model, name=self.name, extra=extra)
