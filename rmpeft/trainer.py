@@ -236,13 +236,15 @@ def fit(run: Run, record: dict[str, Any], logger: RunLogger, save: Callable[[], 
     Leaves the trainable parameters at the best validation epoch. Raises :class:`Diverged`.
     """
     cfg, acc = run.cfg, run.accelerator
+    # The model is prepared (DDP/FSDP-wrapped) before the optimizer is built from its parameters, as
+    # FSDP requires.
+    model = acc.prepare(run.handle.model)
+    run.handle.model = model
     opt = _optimizer(run)
     total = steps_per_epoch(len(run.splits["train"]), int(cfg.trainer.batch_size)) * int(cfg.trainer.epochs)
     if cfg.trainer.max_steps:
         total = min(total, int(cfg.trainer.max_steps))
-    sched = _scheduler(opt, cfg, total)
-    model, opt, sched = acc.prepare(run.handle.model, opt, sched)
-    run.handle.model = model
+    opt, sched = acc.prepare(opt, _scheduler(opt, cfg, total))
     params = run.handle.trainable_parameters()
     best_val, best_state = -math.inf, None
     step = 0
