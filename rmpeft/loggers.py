@@ -1,9 +1,32 @@
 """Experiment loggers. The run record on disk is always written by the trainer; a logger mirrors it
-to an external service. ``logger=none`` (default) logs nothing."""
+to an external service. ``logger=none`` (default) logs nothing; ``logger=wandb`` mirrors each run to
+Weights & Biases and :func:`records_from_wandb` reads such runs back as record dicts.
+
+The trainer calls ``build_logger(cfg)``, then ``log_config(resolved)``, ``log_epoch(...)`` after each
+epoch, ``log_summary(record)`` at the end and ``finish()``. A logger never raises into training: a
+wandb failure (not installed, no network, bad key) warns once and turns the logger into a no-op.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.records import _get, format_number, method_tag
+
+LOGGERS = ("none", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
+
+# Names under which a run's curves live in wandb (kept apart from the summary's record keys so that
+# wandb's automatic "last value" summary never overwrites the best-epoch `val_metric`).
+HISTORY_EPOCH = "epoch"
+HISTORY_TRAIN_LOSS = "train/loss"
+HISTORY_VAL_METRIC = "val/metric"
 
 
 class RunLogger:
@@ -18,6 +41,265 @@ class RunLogger:
     def finish(self) -> None: ...
 
 
+@dataclass
+class WandbSettings:
+    """Everything ``wandb.init`` gets, derived from the config (see conf/logger/wandb.yaml)."""
+
+    project: str
+    entity: str | None
+    mode: str
+    run_name: str
+    group: str
+    tags: list[str]
+    dir: str | None = None
+    init_timeout: float = 90.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def derived_names(cfg: Any) -> tuple[str, str]:
+    """(group, run name): the group is one table cell (model-task-method tag, all LRs and seeds), the
+    run name adds the LR and seed, e.g. ``opt-125m-rte-masking-r0.0001`` / ``...-lr0.01-s1``."""
+    group = f"{_get(cfg, 'model.name')}-{_get(cfg, 'task.name')}-{method_tag(cfg)}"
+    return group, f"{group}-lr{format_number(_get(cfg, 'optim.lr'))}-s{_get(cfg, 'seed', 0)}"
+
+
+def wandb_settings(cfg: Any) -> WandbSettings:
+    """Read ``cfg.logger`` (wandb fields) plus the run's identity; bad values are config errors."""
+    mode = str(_get(cfg, "logger.mode", "online"))
+    if mode not in WANDB_MODES:
+        raise unknown_choice("logger.mode", mode, WANDB_MODES)
+    group, run_name = derived_names(cfg)
+    tags = [str(_get(cfg, "name", "default")), str(_get(cfg, "model.name")), str(_get(cfg, "task.name")),
+            str(_get(cfg, "method.name"))]
+    for t in _get(cfg, "logger.tags", None) or []:
+        if str(t) not in tags:
+            tags.append(str(t))
+    return WandbSettings(
+        project=str(_get(cfg, "logger.project", "rmpeft")),
+        entity=_get(cfg, "logger.entity"),
+        mode=mode,
+        run_name=str(_get(cfg, "logger.run_name") or run_name),
+        group=str(_get(cfg, "logger.group") or group),
+        tags=tags,
+        dir=_get(cfg, "logger.dir"),
+        init_timeout=float(_get(cfg, "logger.init_timeout", 90.0)),
+    )
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _never_raises(method: _F) -> _F:
+    """Run a logger method; on any exception warn once and disable the logger."""
+
+    @functools.wraps(method)
+    def wrapper(self: WandbLogger, *args: Any, **kwargs: Any) -> Any:
+        if self.disabled:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - logging must never fail a training run
+            self.give_up(e)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class WandbLogger(RunLogger):
+    """Mirror a run to wandb: resolved config, per-epoch curves, the final record as the summary."""
+
+    def __init__(self, settings: WandbSettings):
+        self.settings = settings
+        self.run: Any = None
+        self.disabled = False
+        self.error: str | None = None
+        self._status: str | None = None
+
+    def give_up(self, error: BaseException) -> None:
+        """Warn once and turn every later call into a no-op."""
+        if self.disabled:
+            return
+        self.disabled = True
+        self.error = f"{type(error).__name__}: {error}".splitlines()[0]
+        warnings.warn(f"wandb logging disabled ({self.error}); the run record on disk is unaffected",
+                      RuntimeWarning, stacklevel=3)
+
+    def _start(self, config: dict[str, Any]) -> None:
+        import wandb
+
+        s = self.settings
+        if wandb.run is not None:  # a previous run in this process that was not finished
+            wandb.finish()
+        if s.dir:
+            Path(s.dir).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=s.project,
+            entity=s.entity,
+            mode=s.mode,
+            name=s.run_name,
+            group=s.group,
+            tags=s.tags,
+            dir=s.dir,
+            config=config,
+            settings=wandb.Settings(init_timeout=s.init_timeout),
+        )
+        self.run.define_metric(HISTORY_EPOCH)
+        self.run.define_metric(HISTORY_TRAIN_LOSS, step_metric=HISTORY_EPOCH)
+        self.run.define_metric(HISTORY_VAL_METRIC, step_metric=HISTORY_EPOCH)
+
+    @_never_raises
+    def log_config(self, config: dict[str, Any]) -> None:
+        if self.run is None:
+            self._start(config)
+        else:
+            self.run.config.update(config, allow_val_change=True)
+
+    @_never_raises
+    def log_epoch(self, epoch: int, train_loss: float, val_metric: float | None) -> None:
+        if self.run is None:
+            self._start(self.settings.config)
+        row: dict[str, Any] = {HISTORY_EPOCH: epoch, HISTORY_TRAIN_LOSS: train_loss}
+        if val_metric is not None:
+            row[HISTORY_VAL_METRIC] = val_metric
+        self.run.log(row)
+
+    @_never_raises
+    def log_summary(self, record: dict[str, Any]) -> None:
+        if self.run is None:
+            self._start(record.get("config") or self.settings.config)
+        self._status = record.get("status")
+        self.run.summary.update(summary_from_record(record))
+
+    def finish(self) -> None:
+        """Close the wandb run, also after an earlier failure (so that it does not linger)."""
+        run, self.run = self.run, None
+        if run is None:
+            return
+        try:
+            # A run finished without a summary (the training failed) is marked failed in wandb.
+            run.finish(exit_code=0 if self._status in ("finished", "diverged") else 1)
+        except Exception as e:  # noqa: BLE001
+            self.give_up(e)
+
+
+def summary_from_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record without its config (logged as the run config) and epochs (logged as history)."""
+    return {k: v for k, v in record.items() if k not in ("config", "epochs")}
+
+
+def _is_secondary_process() -> bool:
+    """True in the non-zero ranks of a multi-process (torchrun / accelerate) run: only rank 0 logs."""
+    for var in ("RANK", "LOCAL_RANK"):
+        v = os.environ.get(var)
+        if v is not None and v.strip().isdigit() and int(v) != 0:
+            return True
+    return False
+
+
 def build_logger(cfg: Any) -> RunLogger:
-    """The logger selected by ``cfg.logger.name``."""
-    return RunLogger()
+    """The logger selected by ``cfg.logger.name`` (``none`` when the group is absent)."""
+    name = str(_get(cfg, "logger.name", "none"))
+    if name == "none":
+        return RunLogger()
+    if name == "wandb":
+        settings = wandb_settings(cfg)
+        if _is_secondary_process():
+            return RunLogger()
+        return WandbLogger(settings)
+    raise unknown_choice("logger", name, LOGGERS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading runs back from a wandb project (``rmpeft-tables --source wandb:ENTITY/PROJECT``).
+
+_STATE_TO_STATUS = {"running": "running", "pending": "running", "finished": "failed",
+                    "crashed": "failed", "failed": "failed", "killed": "failed", "preempted": "failed"}
+
+
+def _unflatten(config: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict from a wandb config whose keys may be dotted (``model.name``) or nested."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if str(key).startswith("_wandb"):
+            continue
+        if isinstance(value, dict) and set(value) <= {"value", "desc"} and "value" in value:
+            value = value["value"]                   # raw API form {"value": ..., "desc": ...}
+        node = out
+        parts = str(key).split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(_unflatten(value))
+        else:
+            node[parts[-1]] = _unflatten(value) if isinstance(value, dict) else value
+    return out
+
+
+def _summary_dict(run: Any) -> dict[str, Any]:
+    summary = getattr(run, "summary_metrics", None)
+    if summary is None:
+        summary = getattr(run, "summary", None) or {}
+    if not isinstance(summary, dict):
+        summary = {k: summary[k] for k in summary.keys()}
+    return dict(summary)
+
+
+def _history(run: Any) -> list[dict[str, Any]]:
+    rows = run.scan_history(keys=[HISTORY_EPOCH, HISTORY_TRAIN_LOSS, HISTORY_VAL_METRIC])
+    epochs = []
+    for row in rows:
+        if row.get(HISTORY_EPOCH) is None:
+            continue
+        epochs.append({"epoch": int(row[HISTORY_EPOCH]), "train_loss": row.get(HISTORY_TRAIN_LOSS),
+                       "val_metric": row.get(HISTORY_VAL_METRIC)})
+    return sorted(epochs, key=lambda e: e["epoch"])
+
+
+def record_from_wandb_run(run: Any, history: bool = False) -> dict[str, Any]:
+    """A record dict rebuilt from one wandb run logged by :class:`WandbLogger`.
+
+    The status is the one logged in the summary; a run that never logged one (crashed, killed, or
+    still running) gets ``failed`` or ``running`` from its wandb state.
+    """
+    summary = _summary_dict(run)
+    record = {k: v for k, v in summary.items() if not str(k).startswith("_")}
+    for k in (HISTORY_EPOCH, HISTORY_TRAIN_LOSS, HISTORY_VAL_METRIC):
+        record.pop(k, None)
+    if record.get("status") not in ("running", "finished", "diverged", "failed"):
+        state = str(getattr(run, "state", "") or "")
+        record["status"] = _STATE_TO_STATUS.get(state, "failed")
+        record.setdefault("error", f"wandb run state '{state}' without an rmpeft summary")
+    record["config"] = _unflatten(dict(getattr(run, "config", {}) or {}))
+    record.setdefault("finished_at", getattr(run, "created_at", None))
+    record["epochs"] = _history(run) if history else []
+    return record
+
+
+def records_from_wandb(
+    path: str, api: Any = None, history: bool = False, filters: dict[str, Any] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """``(source, record)`` pairs for every run of the wandb project ``ENTITY/PROJECT``.
+
+    ``api`` is a ``wandb.Api()``-like object (injectable for tests); ``history`` also fetches each
+    run's per-epoch curves (one request per run).
+    """
+    if path.count("/") != 1 or not all(path.split("/")):
+        raise RmpeftError(f"bad wandb source '{path}'; expected ENTITY/PROJECT")
+    if api is None:
+        try:
+            import wandb
+
+            api = wandb.Api(timeout=60)
+        except Exception as e:  # noqa: BLE001 - surfaced as one user-facing line
+            raise RmpeftError(f"cannot open the wandb API for {path}: {type(e).__name__}: {e}") from e
+    kwargs = {"filters": filters} if filters else {}
+    try:
+        try:  # full data in paged queries, not one request per run (older wandb has no `lazy`)
+            runs: Iterable[Any] = api.runs(path, lazy=False, **kwargs)
+        except TypeError:
+            runs = api.runs(path, **kwargs)
+        return [(f"wandb:{path}/{run.id}", record_from_wandb_run(run, history=history)) for run in runs]
+    except RmpeftError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise RmpeftError(f"cannot read wandb project {path}: {type(e).__name__}: {e}".splitlines()[0]) from e

@@ -360,6 +360,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except BaseException as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0], finished_at=_now())
         save()
+        logger.log_summary(record)
         logger.finish()
         raise
     record["finished_at"] = _now()
