@@ -188,15 +188,10 @@ def hessian_loss_fn(run: Run) -> Callable[[], torch.Tensor]:
 
 
 def sharpness(run: Run) -> dict[str, Any]:
-    """Largest Hessian eigenvalue of the training loss w.r.t. the trainable parameters."""
-    from rmpeft.analysis.hessian import top_eigenvalue
+    """Largest Hessian eigenvalue of the training loss w.r.t. the trainable parameters (see rmpeft.analysis)."""
+    from rmpeft.analysis.sharpness import measure_run
 
-    was_training = run.model.training
-    out = top_eigenvalue(hessian_loss_fn(run), run.handle.trainable_parameters(),
-                         iters=int(run.cfg.analysis.hessian_iters), tol=float(run.cfg.analysis.hessian_tol),
-                         seed=int(run.cfg.seed))
-    run.model.train(was_training)
-    return out
+    return measure_run(run)
 
 
 def _peak_memory(device: torch.device) -> int:

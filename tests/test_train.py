@@ -119,3 +119,14 @@ def test_two_process_gloo_run_matches_single_process_accumulation(cache_dir, tmp
     for a, b in zip(w1, w2):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)  # Adam amplifies float-order noise
     assert r1["val_metric"] == pytest.approx(r2["val_metric"]) and r1["test_metric"] == pytest.approx(r2["test_metric"])
+
+
+def test_hessian_option_records_sharpness_before_and_after(smoke_overrides):
+    cfg = compose_train(smoke_overrides + ["analysis.hessian=true", "analysis.hessian_iters=30",
+                                           "analysis.hessian_batches=2", "trainer.epochs=1"])
+    rec = train(cfg)
+    assert rec["status"] == "finished", rec["error"]
+    for phase in ("before", "after"):
+        h = rec["hessian"][phase]
+        assert h["eigenvalue"] == h["history"][-1] and h["iterations"] == len(h["history"]) <= 30
+    assert rec["hessian"]["before"]["eigenvalue"] != rec["hessian"]["after"]["eigenvalue"]
