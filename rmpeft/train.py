@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -45,10 +46,25 @@ def check_choices(args: list[str], conf_dir: Path = CONF_DIR) -> None:
                 raise unknown_choice(key, v, choices)
 
 
+def export_slurm_distributed_env() -> bool:
+    """In a submitit SLURM job with several tasks (e.g. ``cluster=slurm`` full fine-tuning of OPT-13b on 4 GPUs),
+    export the torch.distributed variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) that
+    Accelerate initialises its process group from. Returns whether it did. Runs started by
+    ``accelerate launch``/``torchrun`` already have them and are left alone."""
+    in_submitit_slurm_job = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+    if not in_submitit_slurm_job or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "LOCAL_RANK" in os.environ:
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return True
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     from rmpeft.trainer import train
 
+    export_slurm_distributed_env()
     try:
         record = train(cfg)
     except RmpeftError as e:
