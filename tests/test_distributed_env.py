@@ -12,14 +12,15 @@ SLURM_TASK_1_OF_4 = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLUR
 
 
 def _clear(monkeypatch):
-    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
+    """A private copy of the environment: what the export writes must not reach later tests."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    monkeypatch.setattr(os, "environ", env)
 
 
 def test_multi_task_slurm_job_exports_rank_and_world_size(monkeypatch):
     _clear(monkeypatch)
-    for k, v in SLURM_TASK_1_OF_4.items():
-        monkeypatch.setenv(k, v)
+    os.environ.update(SLURM_TASK_1_OF_4)
     assert export_slurm_distributed_env()
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("1", "4", "1")
     assert os.environ["MASTER_ADDR"] == "gpu-node-7" and int(os.environ["MASTER_PORT"]) > 0
@@ -27,9 +28,7 @@ def test_multi_task_slurm_job_exports_rank_and_world_size(monkeypatch):
 
 def test_single_task_and_launcher_started_runs_are_left_alone(monkeypatch):
     _clear(monkeypatch)
-    for k, v in {**SLURM_TASK_1_OF_4, "SLURM_NTASKS": "1"}.items():
-        monkeypatch.setenv(k, v)
+    os.environ.update({**SLURM_TASK_1_OF_4, "SLURM_NTASKS": "1"})
     assert not export_slurm_distributed_env() and "RANK" not in os.environ
-    monkeypatch.setenv("SLURM_NTASKS", "4")
-    monkeypatch.setenv("LOCAL_RANK", "0")  # accelerate launch / torchrun already set it
+    os.environ.update(SLURM_NTASKS="4", LOCAL_RANK="0")  # accelerate launch / torchrun already set it
     assert not export_slurm_distributed_env() and "RANK" not in os.environ

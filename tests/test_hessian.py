@@ -326,3 +326,13 @@ def test_reference_backends_compute_the_same_function_and_are_restored():
         assert switched == 1 and model[0].backend.name == "dense"
         assert torch.allclose(model(x), expected, atol=1e-6)
     assert model[0].backend is backend
+
+
+def test_torch_backend_refuses_double_backward_instead_of_silently_dropping_terms():
+    """Its in-place strategies are not twice differentiable: exact sharpness uses the dense reference
+    (rmpeft.analysis.sharpness), and forcing autograd through the torch backend is an error."""
+    from rmpeft.sparse import get_backend
+
+    loss_fn, params = _masked_net(get_backend("torch", "cpu"))
+    with pytest.raises(RuntimeError):
+        top_eigenvalue(loss_fn, params, iters=5, tol=1e-12, seed=0, hvp="autograd")

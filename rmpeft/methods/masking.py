@@ -1,0 +1,200 @@
+"""Random Masking and Structured Masking (Xu & Zhang, ICML 2024).
+
+``method.ratio`` is the trainable share of ALL model parameters (the paper's ``params`` column):
+``k = floor(ratio * total_params + 1/2)`` entries of the target matrices are trainable.
+
+* ``masking``: the ``k`` entries are drawn uniformly without replacement from the union of the target
+  matrices' entries (an exact hypergeometric split over the matrices, then uniform positions inside
+  each), from the mask seed. They are stored as compact values plus positions (:class:`MaskedLinear`).
+* ``structured_masking``: whole columns of the same matrices (see :func:`select_columns` for the
+  rounding to columns).
+
+The mask seed is ``method.mask_seed`` or, when null, the run seed + ``MASK_SEED_OFFSET``. Trainable
+values are deltas added to the frozen weights and start at zero, so their norm is the distance of the
+trainable parameters from initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.methods.base import Method, MethodContext, MethodHandle, find_modules, freeze_all, register_method
+from rmpeft.sparse import autotune
+from rmpeft.sparse.auto import resolve_auto
+from rmpeft.sparse.base import BACKEND_NAMES, SparseBackend, backends, get_backend
+from rmpeft.sparse.layers import ColumnMaskedLinear, MaskedLinear, patch
+from rmpeft.sparse.sampling import column_order, index_dtype, sample_positions, split_count, take_columns
+from rmpeft.sparse.torch_backend import TorchBackend
+
+MASK_SEED_OFFSET = 1000          # mask seed = run seed + this, unless method.mask_seed is set
+COLUMN_ORDERS = ("random", "head")
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None and default is not None else value
+
+
+def _count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def target_names(cfg: Any) -> list[str]:
+    """``method.target_modules`` as a list of module-name suffixes."""
+    names = _get(cfg, "target_modules", ["q_proj", "v_proj"])
+    names = [names] if isinstance(names, str) else [str(n) for n in names]
+    if not names:
+        raise RmpeftError("method.target_modules is empty; give module-name suffixes such as [q_proj, v_proj]")
+    return names
+
+
+def resolve_targets(model: nn.Module, cfg: Any) -> dict[str, nn.Linear]:
+    """The target linear layers named by ``method.target_modules``, by qualified name."""
+    return find_modules(model, target_names(cfg))
+
+
+def trainable_entries(ratio: Any, total_params: int, capacity: int, target_names: list[str]) -> int:
+    """``k = floor(ratio * total + 1/2)``, after checking ``0 < ratio <= capacity / total`` and ``k >= 1``."""
+    bound = capacity / total_params
+    where = (f"the target modules ({', '.join(target_names)}) hold {capacity} of the model's "
+             f"{total_params} parameters")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+        raise RmpeftError(f"method.ratio={ratio!r} is not a number in (0, {bound:.6g}]: {where}")
+    if not 0 < ratio <= bound * (1 + 1e-12):
+        raise RmpeftError(f"method.ratio={ratio} is outside (0, {bound:.6g}]: {where}")
+    k = min(capacity, math.floor(ratio * total_params + 0.5))
+    if k < 1:
+        raise RmpeftError(f"method.ratio={ratio} gives no trainable entry of {total_params} parameters; "
+                          f"the smallest ratio is {0.5 / total_params:.3g}")
+    return k
+
+
+def mask_seed(cfg: Any, ctx: MethodContext) -> int:
+    seed = _get(cfg, "mask_seed")
+    return int(seed) if seed is not None else int(ctx.seed) + MASK_SEED_OFFSET
+
+
+@dataclass
+class MaskingHandle(MethodHandle):
+    """Trainable parameters are the compact ``values`` of the wrapped layers, nothing else."""
+
+    layers: dict[str, nn.Module] = field(default_factory=dict)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [m.values for m in self.layers.values()]
+
+    def num_trainable(self) -> int:
+        return sum(m.values.numel() for m in self.layers.values())
+
+    def state_for_record(self) -> dict[str, Any]:
+        state = dict(self.extra)
+        if state.get("backend") == "torch":
+            state["strategies"] = {k: v for k, v in autotune.decisions().items() if k.startswith("torch/")}
+        return state
+
+
+def _common(model: nn.Module, cfg: Any, ctx: MethodContext):
+    freeze_all(model)
+    targets = resolve_targets(model, cfg)
+    total = int(ctx.total_params) or _count_parameters(model)
+    sizes = [m.weight.numel() for m in targets.values()]
+    capacity = sum(sizes)
+    names = target_names(cfg)
+    k = trainable_entries(_get(cfg, "ratio"), total, capacity, names)
+    facts = {"ratio": float(_get(cfg, "ratio")), "total_params": total, "k": k, "target_modules": names,
+             "target_params": capacity, "max_ratio": capacity / total, "mask_seed": mask_seed(cfg, ctx)}
+    return targets, sizes, k, facts
+
+
+def _backend(cfg: Any, device: torch.device, shapes: list[tuple[int, int]], counts: list[int],
+             dtype: torch.dtype) -> tuple[SparseBackend, dict[str, Any]]:
+    requested = str(_get(cfg, "backend", "auto"))
+    if requested not in BACKEND_NAMES:
+        raise unknown_choice("method.backend", requested, BACKEND_NAMES)
+    facts: dict[str, Any] = {"backend_requested": requested}
+    name = requested
+    if requested == "auto":
+        name, timings = resolve_auto(device, shapes, counts, dtype)
+        if timings:
+            facts["backend_timings_s"] = timings
+    facts["backend"] = name
+    if name == "torch":
+        return TorchBackend(autotune=bool(_get(cfg, "autotune", True))), facts
+    if device.type == "meta":  # counting parameters only: nothing will run
+        return backends()[name], facts
+    return get_backend(name, device), facts
+
+
+@register_method("masking")
+class RandomMasking(Method):
+    """Uniformly random trainable entries of the target matrices."""
+
+    def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MaskingHandle:
+        targets, sizes, k, facts = _common(model, cfg, ctx)
+        counts = split_count(k, sizes, facts["mask_seed"])
+        first = next(iter(targets.values())).weight
+        shapes = [tuple(m.weight.shape) for m in targets.values()]
+        # The backend is chosen for the device the model will train on: weights loaded on the CPU are
+        # often moved to the GPU only after the method is applied.
+        device = first.device if first.device.type != "cpu" else torch.device(ctx.device)
+        backend, backend_facts = _backend(cfg, device, shapes, [c for c in counts if c], first.dtype)
+        on_meta = first.device.type == "meta"
+        gen = torch.Generator().manual_seed(facts["mask_seed"])
+        layers: dict[str, nn.Module] = {}
+        for (qname, lin), size, count in zip(targets.items(), sizes, counts):
+            if count == 0:          # nothing trainable here: leave the layer as it is
+                continue
+            if on_meta:             # counting only: no positions are drawn, nothing is allocated
+                index = torch.empty(count, dtype=index_dtype(size), device="meta")
+            else:
+                index = sample_positions(size, count, gen)
+            layers[qname] = MaskedLinear(lin, index, backend)
+        patch(model, layers)
+        facts.update(backend_facts, trainable=sum(counts), density=k / sum(sizes),
+                     per_module=dict(zip(targets, counts)))
+        return MaskingHandle(model=model, name=self.name, extra=facts, layers=layers)
+
+
+def select_columns(widths: list[int], heights: list[int], k: int, order: str, seed: int) -> list[list[int]]:
+    """Columns per matrix for Structured Masking.
+
+    Columns (``matrix``, ``j``) are ordered (``random``: uniform permutation of all columns of all
+    target matrices, from the mask seed; ``head``: column 0 of every matrix in model order, then
+    column 1, ...), then taken in that order while adding the next one brings the number of entries
+    closer to ``k`` (ties add, at least one column). With equal column heights ``h`` that is
+    ``max(1, floor(k / h + 1/2))`` columns.
+    """
+    if order not in COLUMN_ORDERS:
+        raise unknown_choice("method.column_order", order, COLUMN_ORDERS)
+    ordered = column_order(widths, order, torch.Generator().manual_seed(seed))
+    per_matrix: list[list[int]] = [[] for _ in widths]
+    for m, j in take_columns(ordered, heights, k):
+        per_matrix[m].append(j)
+    return [sorted(c) for c in per_matrix]
+
+
+@register_method("structured_masking")
+class StructuredMasking(Method):
+    """Whole trainable columns of the target matrices."""
+
+    def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MaskingHandle:
+        targets, sizes, k, facts = _common(model, cfg, ctx)
+        order = str(_get(cfg, "column_order", "random"))
+        widths = [m.in_features for m in targets.values()]
+        heights = [m.out_features for m in targets.values()]
+        columns = select_columns(widths, heights, k, order, facts["mask_seed"])
+        layers: dict[str, nn.Module] = {}
+        for (qname, lin), cols in zip(targets.items(), columns):
+            if cols:
+                layers[qname] = ColumnMaskedLinear(lin, torch.tensor(cols, dtype=torch.int32))
+        patch(model, layers)
+        trainable = sum(h * len(c) for h, c in zip(heights, columns))
+        facts.update(backend="columns", column_order=order, trainable=trainable, columns=sum(map(len, columns)),
+                     per_module={q: len(c) for q, c in zip(targets, columns)})
+        return MaskingHandle(model=model, name=self.name, extra=facts, layers=layers)

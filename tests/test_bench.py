@@ -1,0 +1,98 @@
+"""rmpeft-bench (--small) and scripts/gpu_check.sh (syntax and CPU fallback)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rmpeft import bench
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_rows():
+    """One quick --small run shared by the tests below (one timed step per row)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert bench.main(["--small", "--json", "--steps", "1", "--warmup", "0", "--ratios", "0.1", "0.001"]) == 0
+    return json.loads(out.getvalue())
+
+
+def test_small_rows_and_columns(small_rows):
+    keys = {"method", "ratio", "backend", "step_s", "ratio_to_floor", "peak_mem_bytes", "trainable_params",
+            "trainable_state_bytes"}
+    assert all(set(r) == keys for r in small_rows)
+    got = [(r["method"], r["ratio"], r["backend"]) for r in small_rows]
+    assert got == [("floor", None, None), ("masking", 0.1, "torch"), ("masking", 0.1, "dense"),
+                   ("masking", 0.001, "torch"), ("masking", 0.001, "dense"),
+                   ("structured_masking", 0.001, "columns"), ("lora", None, None), ("ft", None, None)]
+    floor = small_rows[0]
+    assert floor["ratio_to_floor"] == 1.0 and floor["trainable_params"] == 0 and floor["trainable_state_bytes"] == 0
+    for r in small_rows:
+        assert r["step_s"] > 0 and math.isclose(r["ratio_to_floor"], r["step_s"] / floor["step_s"])
+
+
+def test_small_trainable_counts_and_state(small_rows):
+    model = bench.build_model("small", bench.DTYPES["fp32"], bench.torch.device("cpu"))
+    total = bench.count_params(model)
+    by = {(r["method"], r["ratio"], r["backend"]): r for r in small_rows}
+    for ratio in (0.1, 0.001):
+        for backend in ("torch", "dense"):
+            r = by[("masking", ratio, backend)]
+            k = math.floor(ratio * total + 0.5)
+            assert r["trainable_params"] == k
+            # values, gradients, two moments (fp32) and an int32 position per entry + a step counter
+            # per wrapped matrix (8 in the small model: q_proj and v_proj of 4 layers)
+            assert r["trainable_state_bytes"] == bench.expected_state_bytes([k], 4, 4 * k) + 4 * 7
+    assert by[("ft", None, None)]["trainable_params"] == total
+    assert by[("lora", None, None)]["trainable_params"] == 4 * 2 * 2 * 8 * 256      # layers x (q,v) x (A,B) x r x d
+    s = by[("structured_masking", 0.001, "columns")]
+    assert s["trainable_params"] % 256 == 0 and s["trainable_params"] > 0
+
+
+def test_table_output_and_targets(capsys):
+    assert bench.main(["--small", "--steps", "1", "--warmup", "0", "--ratios", "0.001", "--only-masking",
+                       "--backends", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "small-shaped random OPT" in out and "x floor" in out and "B/entry" in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("masking ")]
+    assert len(lines) == 1 and "0.1%" in lines[0] and "torch" in lines[0]
+    assert "targets:" in out and "masking <= 0.1% vs floor" in out
+
+
+def test_bad_arguments(capsys):
+    assert bench.main(["--small", "--model", "gpt5"]) == 2
+    assert "unknown --model 'gpt5'; valid choices: opt-1.3b, opt-125m, small" in capsys.readouterr().err
+    assert bench.main(["--small", "--backends", "cusparse"]) == 2
+    assert "unknown --backends 'cusparse'; valid choices: dense, spops, torch, triton" in capsys.readouterr().err
+    if "triton" not in bench.available_names("cpu"):
+        assert bench.main(["--small", "--backends", "triton"]) == 2
+        assert "--backends triton: not available on cpu (available: torch, dense)" in capsys.readouterr().err
+    if not bench.torch.cuda.is_available():
+        assert bench.main(["--small", "--device", "cuda"]) == 2
+        assert "no CUDA device is available" in capsys.readouterr().err
+
+
+def test_gpu_check_script_syntax():
+    subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu_check.sh")], check=True)
+
+
+@pytest.mark.skipif(bench.torch.cuda.is_available(), reason="the CPU fallback only runs without CUDA")
+def test_gpu_check_cpu_fallback():
+    env = dict(os.environ, RMPEFT_GPU_CHECK_TINY="1", PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--only-masking"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device here; running the CPU fallback" in proc.stdout
+    assert "sparse backends on cpu: torch, dense" in proc.stdout or "sparse backends on cpu: torch" in proc.stdout
+    assert "floor" in proc.stdout and "x floor" in proc.stdout
+    assert sum(ln.startswith("masking ") for ln in proc.stdout.splitlines()) >= 2
