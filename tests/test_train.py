@@ -130,3 +130,22 @@ def test_hessian_option_records_sharpness_before_and_after(smoke_overrides):
         h = rec["hessian"][phase]
         assert h["eigenvalue"] == h["history"][-1] and h["iterations"] == len(h["history"]) <= 30
     assert rec["hessian"]["before"]["eigenvalue"] != rec["hessian"]["after"]["eigenvalue"]
+
+
+@pytest.mark.parametrize("task,folder,method", [
+    ("squad", "SQuAD", "lora"),       # generation: LM loss on the answer, greedy decoding, token F1
+    ("drop", "DROP", "prefix"),       # generation through peft's prefix-tuned model
+    ("record", "ReCoRD", "masking"),  # entity candidates, several correct surface forms
+    ("copa", "COPA", "adapter"),      # multiple choice
+])
+def test_every_task_kind_trains_and_is_scored_end_to_end(smoke_overrides, task, folder, method):
+    data = REPO / "tests" / "fixtures" / "tasks" / folder
+    cfg = compose_train(smoke_overrides + [f"task={task}", f"task.data_dir={data}", f"method={method}",
+                                           "task.num_val=1", "trainer.epochs=1", "trainer.batch_size=2", "trainer.grad_accum=1",
+                                           "trainer.max_new_tokens=8", "optim.lr=1e-3"])
+    rec = train(cfg)
+    assert rec["status"] == "finished", rec["error"]
+    assert rec["metric"] == ("f1" if task in ("squad", "drop") else "accuracy")
+    assert rec["split_sizes"]["validation"] == 1 and rec["split_sizes"]["train"] >= 1
+    assert 0.0 <= rec["test_metric"] <= 1.0
+    assert rec["epochs"][0]["train_loss"] > 0  # generation tasks: not a one-candidate (zero) loss
