@@ -147,7 +147,6 @@ def model_source(model_cfg: Any, cache_dir: str | Path) -> str:
 def load_model_and_tokenizer(model_cfg: Any, cache_dir: str | Path, dtype: torch.dtype = torch.float32):
     """Load (model, tokenizer) through ``from_pretrained``. The tokenizer gets a pad token if it has none."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

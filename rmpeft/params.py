@@ -25,10 +25,9 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
-from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.config import CONF_DIR, REPO, check_choices
+from rmpeft.errors import RmpeftError
 
-REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
 PAPER_DIR = REPO / "results" / "paper"
 PAPER_TABLES = ("table5_main.csv", "table8_structured.csv")
 PAPER_MODELS = {"OPT-125m": "opt-125m", "OPT-1.3b": "opt-1.3b", "OPT-13b": "opt-13b"}
@@ -76,10 +75,7 @@ class ConfigComposer:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        for override in overrides:
-            group, _, value = override.partition("=")
-            if value and (CONF_DIR / group).is_dir() and not (CONF_DIR / group / f"{value}.yaml").exists():
-                raise unknown_choice(group, value, sorted(f.stem for f in (CONF_DIR / group).glob("*.yaml")))
+        check_choices(overrides)
         # Counting needs no task: drop it from the defaults unless asked for.
         extra = [] if any(o.lstrip("+~").startswith("task") for o in overrides) else ["~task"]
         try:
@@ -90,10 +86,10 @@ class ConfigComposer:
 
 def count(cfg: DictConfig) -> ParamCount:
     """Build ``cfg.model`` on the meta device, apply ``cfg.method`` and count its trainable entries."""
+    import torch
+
     from rmpeft.methods import MethodContext, get_method
     from rmpeft.models import build_model_on_meta, count_parameters
-
-    import torch
 
     model = build_model_on_meta(cfg.model)
     total = count_parameters(model)

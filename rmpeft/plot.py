@@ -23,7 +23,14 @@ from typing import Any
 
 from rmpeft.aggregate import Cell, aggregate
 from rmpeft.errors import RmpeftError
-from rmpeft.tables import add_source_arguments, method_label, model_label, percent_text, runs_from_args, task_label
+from rmpeft.tables import (
+    add_source_arguments,
+    method_label,
+    model_label,
+    percent_text,
+    runs_from_args,
+    task_label,
+)
 
 DEFAULT_OUT = Path("results/figures")
 FIG_FORMATS = ("png", "pdf")

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
+from rmpeft.config import CONF_DIR, check_choices
 from rmpeft.data import Example
 from rmpeft.errors import RmpeftError, unknown_choice
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SPLITS = ("train", "validation", "test")
 
 
@@ -62,18 +61,9 @@ def hydra_main(cfg: DictConfig) -> None:
         print(line)
 
 
-def check_task_choice(args: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """One-line error for ``task=X`` naming no ``conf/task/X.yaml`` (before Hydra composes)."""
-    choices = sorted(p.stem for p in (conf_dir / "task").glob("*.yaml"))
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key.lstrip("+~") == "task" and value not in choices:
-            raise unknown_choice("task", value, choices)
-
-
 def main() -> None:
     try:
-        check_task_choice(sys.argv[1:])
+        check_choices(sys.argv[1:], groups=("task",))
     except RmpeftError as e:
         print(f"rmpeft-preview: error: {e}", file=sys.stderr)
         sys.exit(2)

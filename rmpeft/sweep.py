@@ -26,14 +26,12 @@ from hydra import initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from rmpeft import records
+from rmpeft.config import CONF_DIR, REPO, check_choices
 from rmpeft.errors import RmpeftError
 from rmpeft.sweep_configs import RunConfigs, compose_run
 from rmpeft.sweep_file import SweepFile, load_sweep, parse_override
 from rmpeft.sweep_launch import local_parallelism
-from rmpeft.train import check_choices
 
-REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"
 SWEEPS_DIR = REPO / "sweeps"
 # Value overrides that can change a run's launcher configuration.
 LAUNCH_KEY_PREFIXES = ("hydra.", "cluster.")
@@ -188,7 +186,9 @@ def _resolved(overrides: tuple[str, ...]) -> dict[str, Any] | None:
 
 def launch_runs(todo: list[Run], say: Any) -> None:
     """Launch the runs, one launch group per launcher configuration; mark the ones whose job died."""
-    from rmpeft.sweep_launch import launch  # imports Hydra's launcher machinery: only when launching
+    from rmpeft.sweep_launch import (
+        launch,  # imports Hydra's launcher machinery: only when launching
+    )
 
     groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
     for i, run in enumerate(todo):

@@ -82,7 +82,9 @@ def _outcome_of_return(ret: JobReturn, logs: tuple[str, ...] = (), job_id: str |
 
 
 def _is_submitit(launcher: Any) -> bool:
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
+        BaseSubmititLauncher,
+    )
 
     return isinstance(launcher, BaseSubmititLauncher)
 

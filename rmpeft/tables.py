@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rmpeft.aggregate import DIVERGED_POLICIES, Cell, Run, aggregate, fit_lr_scaling, runs_from_records
+from rmpeft.aggregate import (
+    DIVERGED_POLICIES,
+    Cell,
+    Run,
+    aggregate,
+    fit_lr_scaling,
+    runs_from_records,
+)
 from rmpeft.errors import RmpeftError, unknown_choice
 
 # --------------------------------------------------------------------------------------------------

@@ -10,40 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rmpeft.errors import RmpeftError, unknown_choice
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-# Config groups whose choice is checked before Hydra composes (one-line error with the valid choices).
-CHECKED_GROUPS = ("model", "task", "method", "optim", "logger", "cluster", "experiment")
+from rmpeft.config import CONF_DIR, check_choices
+from rmpeft.errors import RmpeftError
 
 log = logging.getLogger("rmpeft")
-
-
-def group_choices(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
-    """Names of the configs in a config group folder."""
-    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-
-
-def check_choices(args: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """Raise a one-line error for ``group=value`` command-line overrides naming no config of that group."""
-    for arg in args:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
-        if key not in CHECKED_GROUPS or value in ("null", ""):
-            continue
-        choices = group_choices(key, conf_dir)
-        for v in value.split(","):  # multirun lists
-            if v not in choices:
-                raise unknown_choice(key, v, choices)
 
 
 def export_slurm_distributed_env() -> bool:

@@ -14,7 +14,6 @@ import resource
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -29,7 +28,12 @@ from rmpeft.data import Example
 from rmpeft.errors import RmpeftError
 from rmpeft.loggers import RunLogger, build_logger
 from rmpeft.methods import MethodContext, MethodHandle, get_method
-from rmpeft.models import count_parameters, load_model_and_tokenizer, resolve_precision, torch_dtype
+from rmpeft.models import (
+    count_parameters,
+    load_model_and_tokenizer,
+    resolve_precision,
+    torch_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +219,10 @@ def _optimizer(run: Run) -> torch.optim.Optimizer:
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: DictConfig, total_steps: int):
-    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
 
     kind, warm = cfg.optim.scheduler, int(cfg.optim.warmup_steps)
     if kind == "constant":

@@ -6,7 +6,14 @@ import statistics
 
 import pytest
 
-from rmpeft.aggregate import Run, aggregate, dedupe, fit_lr_scaling, run_from_record, runs_from_records
+from rmpeft.aggregate import (
+    Run,
+    aggregate,
+    dedupe,
+    fit_lr_scaling,
+    run_from_record,
+    runs_from_records,
+)
 from rmpeft.errors import RmpeftError
 
 

@@ -12,7 +12,13 @@ import pytest
 
 from rmpeft import loggers
 from rmpeft.errors import RmpeftError
-from rmpeft.loggers import RunLogger, WandbLogger, build_logger, record_from_wandb_run, records_from_wandb
+from rmpeft.loggers import (
+    RunLogger,
+    WandbLogger,
+    build_logger,
+    record_from_wandb_run,
+    records_from_wandb,
+)
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -14,7 +14,12 @@ from rmpeft.errors import RmpeftError
 from rmpeft.methods import MethodContext, get_method
 from rmpeft.methods.masking import MASK_SEED_OFFSET
 from rmpeft.sparse import autotune
-from rmpeft.sparse.layers import ColumnMaskedLinear, MaskedLinear, masked_layers, unpatch
+from rmpeft.sparse.layers import (
+    ColumnMaskedLinear,
+    MaskedLinear,
+    masked_layers,
+    unpatch,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TARGETS = ("q_proj", "v_proj")

@@ -5,8 +5,13 @@ import torch
 from omegaconf import OmegaConf
 
 from rmpeft.errors import RmpeftError
-from rmpeft.models import (build_byte_tokenizer, build_model_on_meta, count_parameters, load_model_and_tokenizer,
-                           materialize_random_model)
+from rmpeft.models import (
+    build_byte_tokenizer,
+    build_model_on_meta,
+    count_parameters,
+    load_model_and_tokenizer,
+    materialize_random_model,
+)
 from tests.conftest import CONF_DIR
 
 # Public parameter counts of the real checkpoints (tied input/output embeddings counted once).

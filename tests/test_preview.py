@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from rmpeft.config import check_choices
 from rmpeft.errors import RmpeftError
-from rmpeft.preview import check_task_choice, preview_lines
+from rmpeft.preview import preview_lines
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tasks"
@@ -47,8 +48,8 @@ def test_preview_rejects_unknown_split_and_task():
     with pytest.raises(RmpeftError, match="unknown split 'dev'; valid choices: test, train, validation"):
         preview_lines(compose_preview(["task=synthetic", "split=dev"]))
     with pytest.raises(RmpeftError, match="unknown task 'mnli'; valid choices: boolq, cb, copa, drop, multirc"):
-        check_task_choice(["n=2", "task=mnli"])
-    check_task_choice(["task=rte", "n=1"])
+        check_choices(["n=2", "task=mnli"], groups=("task",))
+    check_choices(["task=rte", "n=1"], groups=("task",))
 
 
 def run_preview(*args: str) -> subprocess.CompletedProcess:

@@ -17,8 +17,17 @@ from rmpeft.sparse import autotune
 from rmpeft.sparse.base import available_backends, get_backend
 from rmpeft.sparse.dense import DenseBackend
 from rmpeft.sparse.layers import MaskedLinear, layer_state_bytes
-from rmpeft.sparse.sampling import column_order, sample_positions, split_count, take_columns
-from rmpeft.sparse.torch_backend import FORWARD_STRATEGIES, SDDMM_STRATEGIES, TorchBackend
+from rmpeft.sparse.sampling import (
+    column_order,
+    sample_positions,
+    split_count,
+    take_columns,
+)
+from rmpeft.sparse.torch_backend import (
+    FORWARD_STRATEGIES,
+    SDDMM_STRATEGIES,
+    TorchBackend,
+)
 
 # Every CPU implementation: each pinned torch strategy pair, torch with autotuning, torch with the fixed
 # rule, and whatever other backend is installed here (spops built from source, triton interpreter).

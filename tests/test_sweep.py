@@ -18,7 +18,6 @@ from rmpeft.errors import RmpeftError
 from rmpeft.sweep import Run, main, mark_dead
 from rmpeft.sweep_configs import RunConfigs
 from rmpeft.sweep_file import load_sweep
-
 from tests.conftest import CONF_DIR, REPO, compose_train
 
 SWEEPS = REPO / "sweeps"

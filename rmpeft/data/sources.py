@@ -31,7 +31,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rmpeft.data.formats import DataFileError, field, read_json, read_jsonl, read_tsv, require_file, where
+from rmpeft.data.formats import (
+    DataFileError,
+    field,
+    read_json,
+    read_jsonl,
+    read_tsv,
+    require_file,
+    where,
+)
 from rmpeft.errors import RmpeftError
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,14 @@
 
 import importlib
 
-from rmpeft.methods.base import METHODS, Method, MethodContext, MethodHandle, get_method, register_method
+from rmpeft.methods.base import (
+    METHODS,
+    Method,
+    MethodContext,
+    MethodHandle,
+    get_method,
+    register_method,
+)
 
 # Each entry is imported so that it registers itself. Modules that are not written yet are skipped.
 _METHOD_MODULES = ["full", "masking", "lora", "adalora", "prefix", "adapter", "bitfit"]

@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from rmpeft.errors import RmpeftError
-from rmpeft.methods.base import Method, MethodContext, MethodHandle, find_modules, register_method
+from rmpeft.methods.base import (
+    Method,
+    MethodContext,
+    MethodHandle,
+    find_modules,
+    register_method,
+)
 from rmpeft.methods.lora import module_names
 
 

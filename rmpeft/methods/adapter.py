@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from rmpeft.errors import unknown_choice
-from rmpeft.methods.base import Method, MethodContext, MethodHandle, find_modules, freeze_all, register_method
+from rmpeft.methods.base import (
+    Method,
+    MethodContext,
+    MethodHandle,
+    find_modules,
+    freeze_all,
+    register_method,
+)
 from rmpeft.methods.lora import module_names
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}

@@ -11,7 +11,14 @@ from typing import Any
 from torch import nn
 
 from rmpeft.errors import RmpeftError
-from rmpeft.methods.base import Method, MethodContext, MethodHandle, find_modules, freeze_all, register_method
+from rmpeft.methods.base import (
+    Method,
+    MethodContext,
+    MethodHandle,
+    find_modules,
+    freeze_all,
+    register_method,
+)
 from rmpeft.methods.lora import module_names
 
 

@@ -11,7 +11,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from rmpeft.errors import RmpeftError
-from rmpeft.methods.base import Method, MethodContext, MethodHandle, find_modules, register_method
+from rmpeft.methods.base import (
+    Method,
+    MethodContext,
+    MethodHandle,
+    find_modules,
+    register_method,
+)
 
 
 def module_names(value: Any, field: str = "target_modules") -> list[str]:

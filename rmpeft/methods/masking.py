@@ -24,12 +24,25 @@ import torch
 from torch import nn
 
 from rmpeft.errors import RmpeftError, unknown_choice
-from rmpeft.methods.base import Method, MethodContext, MethodHandle, find_modules, freeze_all, register_method
+from rmpeft.methods.base import (
+    Method,
+    MethodContext,
+    MethodHandle,
+    find_modules,
+    freeze_all,
+    register_method,
+)
 from rmpeft.sparse import autotune
 from rmpeft.sparse.auto import resolve_auto
 from rmpeft.sparse.base import BACKEND_NAMES, SparseBackend, backends, get_backend
 from rmpeft.sparse.layers import ColumnMaskedLinear, MaskedLinear, patch
-from rmpeft.sparse.sampling import column_order, index_dtype, sample_positions, split_count, take_columns
+from rmpeft.sparse.sampling import (
+    column_order,
+    index_dtype,
+    sample_positions,
+    split_count,
+    take_columns,
+)
 from rmpeft.sparse.torch_backend import TorchBackend
 
 MASK_SEED_OFFSET = 1000          # mask seed = run seed + this, unless method.mask_seed is set

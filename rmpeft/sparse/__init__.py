@@ -7,8 +7,20 @@
 * :mod:`rmpeft.sparse.autotune`: per-shape strategy choice by measurement.
 """
 
-from rmpeft.sparse.base import BACKEND_NAMES, SparseBackend, available_backends, get_backend
-from rmpeft.sparse.layers import ColumnMaskedLinear, MaskedLinear, layer_state_bytes, masked_layers, patch, unpatch
+from rmpeft.sparse.base import (
+    BACKEND_NAMES,
+    SparseBackend,
+    available_backends,
+    get_backend,
+)
+from rmpeft.sparse.layers import (
+    ColumnMaskedLinear,
+    MaskedLinear,
+    layer_state_bytes,
+    masked_layers,
+    patch,
+    unpatch,
+)
 
 __all__ = [
     "BACKEND_NAMES", "ColumnMaskedLinear", "MaskedLinear", "SparseBackend", "available_backends", "get_backend",
