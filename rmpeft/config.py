@@ -3,10 +3,11 @@ runs before Hydra composes (Hydra's own message for an unknown choice spans many
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from rmpeft.errors import unknown_choice
+from rmpeft.errors import RmpeftError, unknown_choice
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
@@ -36,3 +37,14 @@ def check_choices(args: Iterable[str], groups: Iterable[str] = CHECKED_GROUPS, c
         for v in value.split(","):
             if v not in choices:
                 raise unknown_choice(key, v, choices)
+
+
+def run_hydra_command(prog: str, hydra_main: Callable[[], object], groups: Iterable[str] = CHECKED_GROUPS) -> None:
+    """Entry point of a Hydra command: a bad group choice exits 2 with one line on stderr, before
+    Hydra composes; otherwise the Hydra app runs."""
+    try:
+        check_choices(sys.argv[1:], groups)
+    except RmpeftError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()

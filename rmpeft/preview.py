@@ -15,7 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from rmpeft.config import CONF_DIR, check_choices
+from rmpeft.config import CONF_DIR, run_hydra_command
 from rmpeft.data import Example
 from rmpeft.errors import RmpeftError, unknown_choice
 
@@ -62,12 +62,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    try:
-        check_choices(sys.argv[1:], groups=("task",))
-    except RmpeftError as e:
-        print(f"rmpeft-preview: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    hydra_main()
+    run_hydra_command("rmpeft-preview", hydra_main, groups=("task",))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rmpeft.config import CONF_DIR, check_choices
+from rmpeft.config import CONF_DIR, run_hydra_command
 from rmpeft.errors import RmpeftError
 
 log = logging.getLogger("rmpeft")
@@ -52,12 +52,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    try:
-        check_choices(sys.argv[1:])
-    except RmpeftError as e:
-        print(f"rmpeft-train: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    hydra_main()
+    run_hydra_command("rmpeft-train", hydra_main)
 
 
 if __name__ == "__main__":

@@ -316,7 +316,7 @@ def test_unknown_target_module_and_backend():
         apply(tiny_opt(), backend="fast")
     with pytest.raises(RmpeftError, match="unknown method.column_order 'left'; valid choices: head, random"):
         apply(tiny_opt(), "structured_masking", column_order="left")
-    with pytest.raises(RmpeftError, match="target_modules is empty"):
+    with pytest.raises(RmpeftError, match=r"method.target_modules must be a module name or a list of module names, got \[\]"):
         apply(tiny_opt(), target_modules=[])
 
 

@@ -21,9 +21,9 @@ from rmpeft.methods.base import (
     MethodContext,
     MethodHandle,
     find_modules,
+    module_names,
     register_method,
 )
-from rmpeft.methods.lora import module_names
 
 
 def adalora_schedule(total_steps: int, tinit_fraction: float, tfinal_fraction: float) -> tuple[int, int]:

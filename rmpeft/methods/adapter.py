@@ -28,9 +28,9 @@ from rmpeft.methods.base import (
     MethodHandle,
     find_modules,
     freeze_all,
+    module_names,
     register_method,
 )
-from rmpeft.methods.lora import module_names
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from rmpeft.errors import unknown_choice
+from rmpeft.errors import RmpeftError, unknown_choice
 
 
 @dataclass
@@ -126,3 +127,14 @@ def find_modules(model: nn.Module, suffixes: list[str] | tuple[str, ...], kind: 
             + ", ".join(existing)
         )
     return found
+
+
+def module_names(value: Any, field: str = "target_modules") -> list[str]:
+    """A config value (one name or a list of names) as a plain list of module-name suffixes."""
+    if isinstance(value, (ListConfig, DictConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, str):
+        value = [value]
+    if not value or not all(isinstance(v, str) and v for v in value):
+        raise RmpeftError(f"method.{field} must be a module name or a list of module names, got {value!r}")
+    return list(value)

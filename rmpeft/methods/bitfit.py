@@ -17,9 +17,9 @@ from rmpeft.methods.base import (
     MethodHandle,
     find_modules,
     freeze_all,
+    module_names,
     register_method,
 )
-from rmpeft.methods.lora import module_names
 
 
 @register_method("bitfit")

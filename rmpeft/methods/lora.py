@@ -7,28 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from rmpeft.errors import RmpeftError
 from rmpeft.methods.base import (
     Method,
     MethodContext,
     MethodHandle,
     find_modules,
+    module_names,
     register_method,
 )
-
-
-def module_names(value: Any, field: str = "target_modules") -> list[str]:
-    """A config value (one name or a list of names) as a plain list of module-name suffixes."""
-    if isinstance(value, (ListConfig, DictConfig)):
-        value = OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, str):
-        value = [value]
-    if not value or not all(isinstance(v, str) and v for v in value):
-        raise RmpeftError(f"method.{field} must be a module name or a list of module names, got {value!r}")
-    return list(value)
 
 
 @register_method("lora")

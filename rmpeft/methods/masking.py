@@ -30,8 +30,10 @@ from rmpeft.methods.base import (
     MethodHandle,
     find_modules,
     freeze_all,
+    module_names,
     register_method,
 )
+from rmpeft.models import count_parameters
 from rmpeft.sparse import autotune
 from rmpeft.sparse.auto import resolve_auto
 from rmpeft.sparse.base import BACKEND_NAMES, SparseBackend, backends, get_backend
@@ -54,17 +56,9 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None and default is not None else value
 
 
-def _count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
 def target_names(cfg: Any) -> list[str]:
-    """``method.target_modules`` as a list of module-name suffixes."""
-    names = _get(cfg, "target_modules", ["q_proj", "v_proj"])
-    names = [names] if isinstance(names, str) else [str(n) for n in names]
-    if not names:
-        raise RmpeftError("method.target_modules is empty; give module-name suffixes such as [q_proj, v_proj]")
-    return names
+    """``method.target_modules`` as a list of module-name suffixes (default q_proj, v_proj)."""
+    return module_names(_get(cfg, "target_modules", ["q_proj", "v_proj"]))
 
 
 def resolve_targets(model: nn.Module, cfg: Any) -> dict[str, nn.Linear]:
@@ -115,7 +109,7 @@ class MaskingHandle(MethodHandle):
 def _common(model: nn.Module, cfg: Any, ctx: MethodContext):
     freeze_all(model)
     targets = resolve_targets(model, cfg)
-    total = int(ctx.total_params) or _count_parameters(model)
+    total = int(ctx.total_params) or count_parameters(model)
     sizes = [m.weight.numel() for m in targets.values()]
     capacity = sum(sizes)
     names = target_names(cfg)
