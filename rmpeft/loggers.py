@@ -1,6 +1,6 @@
 """Experiment loggers. The run record on disk is always written by the trainer; a logger mirrors it
 to an external service. ``logger=none`` (default) logs nothing; ``logger=wandb`` mirrors each run to
-Weights & Biases and :func:`records_from_wandb` reads such runs back as record dicts.
+Weights & Biases (:mod:`rmpeft.reporting.sources` reads such runs back as records).
 
 The trainer calls ``build_logger(cfg)``, then ``log_config(resolved)``, ``log_epoch(...)`` after each
 epoch, ``log_summary(record)`` at the end and ``finish()``. A logger never raises into training: a
@@ -14,10 +14,10 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, TypeVar
 
-from rmpeft.errors import RmpeftError, unknown_choice
-from rmpeft.records import _get, format_number, method_tag
+from rmpeft.errors import unknown_choice
+from rmpeft.records import format_number, get_path, method_tag, setting_hash
 
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -57,32 +57,33 @@ class WandbSettings:
 
 
 def derived_names(cfg: Any) -> tuple[str, str]:
-    """(group, run name): the group is one table cell (model-task-method tag, all LRs and seeds), the
-    run name adds the LR and seed, e.g. ``opt-125m-rte-masking-r0.0001`` / ``...-lr0.01-s1``."""
-    group = f"{_get(cfg, 'model.name')}-{_get(cfg, 'task.name')}-{method_tag(cfg)}"
-    return group, f"{group}-lr{format_number(_get(cfg, 'optim.lr'))}-s{_get(cfg, 'seed', 0)}"
+    """(group, run name): the group is one table cell (model-task-method tag plus the setting hash of
+    every other result-changing field, all LRs and seeds), the run name adds the LR and seed, e.g.
+    ``opt-125m-rte-masking-r0.0001-3f2a9c01d4`` / ``...-lr0.01-s1``."""
+    group = f"{get_path(cfg, 'model.name')}-{get_path(cfg, 'task.name')}-{method_tag(cfg)}-{setting_hash(cfg)}"
+    return group, f"{group}-lr{format_number(get_path(cfg, 'optim.lr'))}-s{get_path(cfg, 'seed', 0)}"
 
 
 def wandb_settings(cfg: Any) -> WandbSettings:
     """Read ``cfg.logger`` (wandb fields) plus the run's identity; bad values are config errors."""
-    mode = str(_get(cfg, "logger.mode", "online"))
+    mode = str(get_path(cfg, "logger.mode", "online"))
     if mode not in WANDB_MODES:
         raise unknown_choice("logger.mode", mode, WANDB_MODES)
     group, run_name = derived_names(cfg)
-    tags = [str(_get(cfg, "name", "default")), str(_get(cfg, "model.name")), str(_get(cfg, "task.name")),
-            str(_get(cfg, "method.name"))]
-    for t in _get(cfg, "logger.tags", None) or []:
+    tags = [str(get_path(cfg, "name", "default")), str(get_path(cfg, "model.name")), str(get_path(cfg, "task.name")),
+            str(get_path(cfg, "method.name"))]
+    for t in get_path(cfg, "logger.tags", None) or []:
         if str(t) not in tags:
             tags.append(str(t))
     return WandbSettings(
-        project=str(_get(cfg, "logger.project", "rmpeft")),
-        entity=_get(cfg, "logger.entity"),
+        project=str(get_path(cfg, "logger.project", "rmpeft")),
+        entity=get_path(cfg, "logger.entity"),
         mode=mode,
-        run_name=str(_get(cfg, "logger.run_name") or run_name),
-        group=str(_get(cfg, "logger.group") or group),
+        run_name=str(get_path(cfg, "logger.run_name") or run_name),
+        group=str(get_path(cfg, "logger.group") or group),
         tags=tags,
-        dir=_get(cfg, "logger.dir"),
-        init_timeout=float(_get(cfg, "logger.init_timeout", 90.0)),
+        dir=get_path(cfg, "logger.dir"),
+        init_timeout=float(get_path(cfg, "logger.init_timeout", 90.0)),
     )
 
 
@@ -198,7 +199,7 @@ def _is_secondary_process() -> bool:
 
 def build_logger(cfg: Any) -> RunLogger:
     """The logger selected by ``cfg.logger.name`` (``none`` when the group is absent)."""
-    name = str(_get(cfg, "logger.name", "none"))
+    name = str(get_path(cfg, "logger.name", "none"))
     if name == "none":
         return RunLogger()
     if name == "wandb":
@@ -207,99 +208,3 @@ def build_logger(cfg: Any) -> RunLogger:
             return RunLogger()
         return WandbLogger(settings)
     raise unknown_choice("logger", name, LOGGERS)
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading runs back from a wandb project (``rmpeft-tables --source wandb:ENTITY/PROJECT``).
-
-_STATE_TO_STATUS = {"running": "running", "pending": "running", "finished": "failed",
-                    "crashed": "failed", "failed": "failed", "killed": "failed", "preempted": "failed"}
-
-
-def _unflatten(config: dict[str, Any]) -> dict[str, Any]:
-    """Nested dict from a wandb config whose keys may be dotted (``model.name``) or nested."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if str(key).startswith("_wandb"):
-            continue
-        if isinstance(value, dict) and set(value) <= {"value", "desc"} and "value" in value:
-            value = value["value"]                   # raw API form {"value": ..., "desc": ...}
-        node = out
-        parts = str(key).split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]].update(_unflatten(value))
-        else:
-            node[parts[-1]] = _unflatten(value) if isinstance(value, dict) else value
-    return out
-
-
-def _summary_dict(run: Any) -> dict[str, Any]:
-    summary = getattr(run, "summary_metrics", None)
-    if summary is None:
-        summary = getattr(run, "summary", None) or {}
-    if not isinstance(summary, dict):
-        summary = {k: summary[k] for k in summary.keys()}
-    return dict(summary)
-
-
-def _history(run: Any) -> list[dict[str, Any]]:
-    rows = run.scan_history(keys=[HISTORY_EPOCH, HISTORY_TRAIN_LOSS, HISTORY_VAL_METRIC])
-    epochs = []
-    for row in rows:
-        if row.get(HISTORY_EPOCH) is None:
-            continue
-        epochs.append({"epoch": int(row[HISTORY_EPOCH]), "train_loss": row.get(HISTORY_TRAIN_LOSS),
-                       "val_metric": row.get(HISTORY_VAL_METRIC)})
-    return sorted(epochs, key=lambda e: e["epoch"])
-
-
-def record_from_wandb_run(run: Any, history: bool = False) -> dict[str, Any]:
-    """A record dict rebuilt from one wandb run logged by :class:`WandbLogger`.
-
-    The status is the one logged in the summary; a run that never logged one (crashed, killed, or
-    still running) gets ``failed`` or ``running`` from its wandb state.
-    """
-    summary = _summary_dict(run)
-    record = {k: v for k, v in summary.items() if not str(k).startswith("_")}
-    for k in (HISTORY_EPOCH, HISTORY_TRAIN_LOSS, HISTORY_VAL_METRIC):
-        record.pop(k, None)
-    if record.get("status") not in ("running", "finished", "diverged", "failed"):
-        state = str(getattr(run, "state", "") or "")
-        record["status"] = _STATE_TO_STATUS.get(state, "failed")
-        record.setdefault("error", f"wandb run state '{state}' without an rmpeft summary")
-    record["config"] = _unflatten(dict(getattr(run, "config", {}) or {}))
-    record.setdefault("finished_at", getattr(run, "created_at", None))
-    record["epochs"] = _history(run) if history else []
-    return record
-
-
-def records_from_wandb(
-    path: str, api: Any = None, history: bool = False, filters: dict[str, Any] | None = None
-) -> list[tuple[str, dict[str, Any]]]:
-    """``(source, record)`` pairs for every run of the wandb project ``ENTITY/PROJECT``.
-
-    ``api`` is a ``wandb.Api()``-like object (injectable for tests); ``history`` also fetches each
-    run's per-epoch curves (one request per run).
-    """
-    if path.count("/") != 1 or not all(path.split("/")):
-        raise RmpeftError(f"bad wandb source '{path}'; expected ENTITY/PROJECT")
-    if api is None:
-        try:
-            import wandb
-
-            api = wandb.Api(timeout=60)
-        except Exception as e:  # noqa: BLE001 - surfaced as one user-facing line
-            raise RmpeftError(f"cannot open the wandb API for {path}: {type(e).__name__}: {e}") from e
-    kwargs = {"filters": filters} if filters else {}
-    try:
-        try:  # full data in paged queries, not one request per run (older wandb has no `lazy`)
-            runs: Iterable[Any] = api.runs(path, lazy=False, **kwargs)
-        except TypeError:
-            runs = api.runs(path, **kwargs)
-        return [(f"wandb:{path}/{run.id}", record_from_wandb_run(run, history=history)) for run in runs]
-    except RmpeftError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise RmpeftError(f"cannot read wandb project {path}: {type(e).__name__}: {e}".splitlines()[0]) from e

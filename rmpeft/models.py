@@ -4,16 +4,14 @@ Every model goes through ``from_pretrained``: hub ids and local folders directly
 (``model.random_init=true``, e.g. ``tiny-opt``) after being materialised once from ``model.arch`` into
 ``<cache_dir>/models/<name>-<hash>``. Tests and smoke runs therefore exercise the same code path as
 real checkpoints.
+
+``model.family`` picks what is loaded: ``causal_lm`` (the default) or ``clip``, an image classifier
+(CLIP's image encoder with a fixed head built for the run's task, :mod:`rmpeft.vision`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +19,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from rmpeft.errors import RmpeftError
+from rmpeft.checkpoints import is_complete, random_init_folder, write_once
+from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.gguf_models import materialize_gguf_model
+from rmpeft.vision.classes import class_spec
+from rmpeft.vision.model import classifier_on_meta, load_image_classifier
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FAMILIES = ("causal_lm", "clip")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -48,6 +51,14 @@ def torch_dtype(precision: str) -> torch.dtype:
     return _DTYPES[precision]
 
 
+def model_family(model_cfg: Any) -> str:
+    """``model.family`` (``causal_lm`` when absent)."""
+    family = str(model_cfg.get("family") or "causal_lm")
+    if family not in FAMILIES:
+        raise unknown_choice("model.family", family, FAMILIES)
+    return family
+
+
 def hf_config_from_arch(arch: dict[str, Any]):
     """A transformers config built from the architecture facts of a model config group."""
     from transformers import AutoConfig
@@ -58,8 +69,12 @@ def hf_config_from_arch(arch: dict[str, Any]):
 
 
 def build_model_on_meta(model_cfg: Any) -> nn.Module:
-    """The model described by ``model_cfg.arch`` on the meta device: shapes only, no memory, no download."""
+    """The model described by ``model_cfg.arch`` on the meta device: shapes only, no memory, no download.
+    An image classifier is its image encoder (the parameters the trainable shares are taken of)."""
     from transformers import AutoModelForCausalLM
+
+    if model_family(model_cfg) == "clip":
+        return classifier_on_meta(model_cfg)
 
     config = hf_config_from_arch(model_cfg["arch"])
     with torch.device("meta"):
@@ -102,52 +117,52 @@ def materialize_random_model(model_cfg: Any, cache_dir: str | Path) -> Path:
     from transformers import AutoModelForCausalLM
 
     cfg = _plain(model_cfg)
-    spec = {"arch": cfg["arch"], "init_seed": cfg.get("init_seed", 0), "tokenizer": cfg.get("tokenizer", "byte")}
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cache_dir) / "models" / f"{cfg['name']}-{digest}"
-    if (folder / "config.json").exists():
+    folder, init_seed = random_init_folder(cfg, cache_dir)
+    if is_complete(folder):
         return folder
-    if spec["tokenizer"] != "byte":
-        raise RmpeftError(f"unknown model.tokenizer '{spec['tokenizer']}' for a random-init model; valid choices: byte")
     tokenizer = build_byte_tokenizer()
     config = hf_config_from_arch(cfg["arch"])
     if config.vocab_size < len(tokenizer):
         raise RmpeftError(f"model.arch.vocab_size={config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
     gen = torch.random.fork_rng(devices=[])
     with gen:
-        torch.manual_seed(int(spec["init_seed"]))
+        torch.manual_seed(init_seed)
         model = AutoModelForCausalLM.from_config(config)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process created it first
-            if not (folder / "config.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    write_once(folder, write)
     log.info("materialised random-init model %s at %s", cfg["name"], folder)
     return folder
 
 
 def model_source(model_cfg: Any, cache_dir: str | Path) -> str:
-    """Where ``from_pretrained`` loads the model from: hub id, local folder, or a materialised random init."""
+    """Where ``from_pretrained`` loads the model from: hub id, local folder, a materialised random init,
+    or a packaged GGUF file converted once (``model.gguf``, see :mod:`rmpeft.gguf_models`)."""
     if model_cfg.get("random_init"):
         return str(materialize_random_model(model_cfg, cache_dir))
     source = model_cfg.get("name_or_path")
+    if not source and model_cfg.get("gguf"):
+        return str(materialize_gguf_model(model_cfg, cache_dir))
     if not source:
         raise RmpeftError(f"model '{model_cfg.get('name')}' has no name_or_path; set model.name_or_path=<hub id or folder>")
     return str(source)
 
 
-def load_model_and_tokenizer(model_cfg: Any, cache_dir: str | Path, dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer) through ``from_pretrained``. The tokenizer gets a pad token if it has none."""
+def load_model_and_tokenizer(model_cfg: Any, cache_dir: str | Path, dtype: torch.dtype = torch.float32,
+                             task_cfg: Any = None):
+    """Load (model, tokenizer) through ``from_pretrained``. The tokenizer gets a pad token if it has none.
+    An image classifier (``model.family: clip``) comes with its image processor instead of a tokenizer,
+    and its head is built for ``task_cfg``'s classes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    if model_family(model_cfg) == "clip":
+        if task_cfg is None:
+            raise RmpeftError(f"model '{model_cfg.get('name')}' is an image classifier: its head needs the task")
+        return load_image_classifier(model_cfg, class_spec(str(task_cfg.get("name"))), cache_dir, dtype)
 
     hf_logging.disable_progress_bar()
     source = model_source(model_cfg, cache_dir)
@@ -160,4 +175,21 @@ def load_model_and_tokenizer(model_cfg: Any, cache_dir: str | Path, dtype: torch
         raise RmpeftError(f"cannot load model '{source}': {first}") from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    set_first_token(tokenizer, model_cfg.get("first_token_id"))
     return model, tokenizer
+
+
+def set_first_token(tokenizer: Any, token_id: int | None) -> None:
+    """Make ``token_id`` the token put before every input (``model.first_token_id``; None: unchanged).
+
+    rmpeft encodes without the tokenizer's special tokens and prepends ``tokenizer.bos_token_id``
+    itself, so this is MeZO's ``tokenizer.bos_token_id = 0`` for OPT as it acted with the slow
+    tokenizers of its time: every input starts with ``<s>`` (id 0) instead of ``</s>`` (id 2). (With
+    today's tokenizers-backed OPT tokenizer that assignment changes the reported id but not what
+    ``encode`` prepends; see docs/fidelity.md.)
+    """
+    if token_id is None:
+        return
+    if not 0 <= int(token_id) < len(tokenizer):
+        raise RmpeftError(f"model.first_token_id={token_id} is outside the tokenizer's ids [0, {len(tokenizer)})")
+    tokenizer.bos_token_id = int(token_id)

@@ -3,17 +3,19 @@
     rmpeft-params model=opt-125m method=lora [--json]
     rmpeft-params model=opt-1.3b method=masking method.ratio=0.0001
     rmpeft-params --table [--json]
+    rmpeft-params --table2 [--json]
 
 The model is built on the meta device from ``model.arch`` (no weights, no download), the method is
 applied exactly as in training, and trainable entries are counted. The share is taken of the base
 model's parameters (tied embeddings once), the paper's denominator. ``--table`` does this for every
-row of the paper's Table 5 and Table 8 (OPT-125m/1.3b/13b) and compares with the printed ``params``.
+row of the paper's Table 5 and Table 8 (OPT-125m/1.3b/13b) and compares with the printed ``params``;
+``--table2`` does it for Table 2 (CLIP ViT-B/16: shares of the image encoder, Random Masking and LoRA
+on its MLP layers ``model.modules.mlp``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import warnings
@@ -23,13 +25,16 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
 from omegaconf import DictConfig
 
-from rmpeft.config import CONF_DIR, REPO, check_choices
+from rmpeft.config import CONF_DIR, check_choices, compose_run, hydra_initialized
 from rmpeft.errors import RmpeftError
+from rmpeft.methods import METHODS, MethodContext, get_method
+from rmpeft.models import build_model_on_meta, count_parameters
+from rmpeft.reporting.paper import PAPER_NUMBERS_DIR, TASK_TABLES, VISION_MODEL, VISION_TABLE, read_paper_table
 
-PAPER_DIR = REPO / "results" / "paper"
-PAPER_TABLES = ("table5_main.csv", "table8_structured.csv")
+PAPER_TABLES = TASK_TABLES
 PAPER_MODELS = {"OPT-125m": "opt-125m", "OPT-1.3b": "opt-1.3b", "OPT-13b": "opt-13b"}
 
 # How close a count must be to the paper's printed share. Default: equal once rounded to the
@@ -61,9 +66,7 @@ class ConfigComposer:
     """Hydra compose API over the repository's ``conf/`` (the same configs `rmpeft-train` uses)."""
 
     def __enter__(self) -> "ConfigComposer":
-        from hydra import initialize_config_dir
-
-        self._ctx = initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="rmpeft-params")
+        self._ctx = hydra_initialized("rmpeft-params")
         self._ctx.__enter__()
         return self
 
@@ -71,26 +74,12 @@ class ConfigComposer:
         self._ctx.__exit__(*exc)
 
     def compose(self, overrides: list[str]) -> DictConfig:
-        from hydra import compose
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
         check_choices(overrides)
-        # Counting needs no task: drop it from the defaults unless asked for.
-        extra = [] if any(o.lstrip("+~").startswith("task") for o in overrides) else ["~task"]
-        try:
-            return compose("train", overrides=[*extra, *overrides])
-        except (HydraException, OmegaConfBaseException) as e:
-            raise RmpeftError(str(e).splitlines()[0]) from None
+        return compose_run(overrides)   # the task is irrelevant to the count; the default one is kept
 
 
 def count(cfg: DictConfig) -> ParamCount:
     """Build ``cfg.model`` on the meta device, apply ``cfg.method`` and count its trainable entries."""
-    import torch
-
-    from rmpeft.methods import MethodContext, get_method
-    from rmpeft.models import build_model_on_meta, count_parameters
-
     model = build_model_on_meta(cfg.model)
     total = count_parameters(model)
     ctx = MethodContext(seed=int(cfg.seed), total_params=total, total_steps=0, model_cfg=cfg.model,
@@ -118,22 +107,20 @@ def share_matches(method: str, trainable: int, total: int, paper_params: str) ->
         return value.quantize(Decimal(1).scaleb(printed.as_tuple().exponent), rounding=ROUND_HALF_UP) == printed
 
 
-def paper_rows(paper_dir: Path = PAPER_DIR) -> Iterator[dict[str, str]]:
-    """(model, method, params) rows of the paper's tables, in table order."""
+def paper_rows(paper_dir: Path = PAPER_NUMBERS_DIR, vision: bool = False) -> Iterator[dict[str, str]]:
+    """(model, method, params) rows of the paper's tables (``vision``: Table 2), in table order."""
+    if vision:
+        for row in read_paper_table(VISION_TABLE, paper_dir):
+            yield {"model": VISION_MODEL, "method": row["method"], "params": row["params"]}
+        return
     for name in PAPER_TABLES:
-        path = paper_dir / name
-        if not path.exists():
-            raise RmpeftError(f"paper table {path} not found")
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                if row["model"] in PAPER_MODELS:
-                    yield {"model": PAPER_MODELS[row["model"]], "method": row["method"], "params": row["params"]}
+        for row in read_paper_table(name, paper_dir):
+            if row["model"] in PAPER_MODELS:
+                yield {"model": PAPER_MODELS[row["model"]], "method": row["method"], "params": row["params"]}
 
 
 def method_available(name: str) -> bool:
     """A method can be counted when it is registered and has a config file."""
-    from rmpeft.methods import METHODS
-
     return name in METHODS and (CONF_DIR / "method" / f"{name}.yaml").exists()
 
 
@@ -142,11 +129,11 @@ def ratio_of(params: str) -> str:
     return format(Decimal(params.strip().rstrip("%")) / 100, "f")
 
 
-def table(paper_dir: Path = PAPER_DIR) -> list[ParamCount]:
-    """Every row of the paper's tables, counted and compared with the printed share."""
+def table(paper_dir: Path = PAPER_NUMBERS_DIR, vision: bool = False) -> list[ParamCount]:
+    """Every row of the paper's tables (``vision``: Table 2), counted and compared with the printed share."""
     rows: list[ParamCount] = []
     with ConfigComposer() as composer:
-        for paper in paper_rows(paper_dir):
+        for paper in paper_rows(paper_dir, vision):
             method, params = paper["method"], paper["params"]
             has_ratio = method in ("masking", "structured_masking")
             ratio = ratio_of(params) if has_ratio else None
@@ -155,9 +142,14 @@ def table(paper_dir: Path = PAPER_DIR) -> list[ParamCount]:
                                        None, None, params, None, UNAVAILABLE))
                 continue
             overrides = [f"model={paper['model']}", f"method={method}"]
+            if vision:  # an image classifier is composed with an image task (the count does not depend on it)
+                overrides.append("task=cifar10")
             if ratio is not None:
                 overrides.append(f"method.ratio={ratio}")
-            row = count(composer.compose(overrides))
+            cfg = composer.compose(overrides)
+            if vision and "target_modules" in cfg.method:  # Table 2 targets the MLP layers
+                cfg.method.target_modules = cfg.model.modules.mlp
+            row = count(cfg)
             row.paper_params = params
             row.match = share_matches(method, row.trainable, row.total, params)
             rows.append(row)
@@ -211,15 +203,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=opt-125m method=lora")
     parser.add_argument("--table", action="store_true",
                         help="every method and masking ratio of the paper for OPT-125m/1.3b/13b vs the paper")
+    parser.add_argument("--table2", action="store_true",
+                        help="Table 2: FT, LoRA and masking shares of CLIP ViT-B/16's image encoder vs the paper")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
     # peft calls a transformers helper that is deprecated in transformers 5; not actionable here.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
-        if args.table:
-            if args.overrides:
-                raise RmpeftError(f"--table takes no overrides, got {' '.join(args.overrides)}")
-            rows = table()
+        if args.table or args.table2:
+            flag = "--table2" if args.table2 else "--table"
+            if args.overrides or (args.table and args.table2):
+                raise RmpeftError(f"{flag} takes no overrides or other table, got {' '.join(argv or sys.argv[1:])}")
+            rows = table(vision=args.table2)
             print(json.dumps([asdict(r) for r in rows], indent=2) if args.json else format_table(rows))
             return 1 if any(r.match is False for r in rows) else 0
         with ConfigComposer() as composer:

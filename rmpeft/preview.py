@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from rmpeft.config import CONF_DIR, run_hydra_command
-from rmpeft.data import Example
+from rmpeft.data import Example, load_splits
 from rmpeft.errors import RmpeftError, unknown_choice
 
 SPLITS = ("train", "validation", "test")
@@ -34,8 +34,6 @@ def example_record(ex: Example) -> dict[str, Any]:
 
 def preview_lines(cfg: DictConfig) -> list[str]:
     """The JSON lines of a preview: ``cfg.n`` examples of ``cfg.split``, then the split sizes."""
-    from rmpeft.data import load_splits
-
     split = str(cfg.get("split", "train"))
     if split not in SPLITS:
         raise unknown_choice("split", split, SPLITS)

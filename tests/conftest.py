@@ -20,10 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def compose_train(overrides: list[str]):
     """The resolved `train` config for the given command-line overrides (Hydra compose API)."""
-    from hydra import compose, initialize_config_dir
+    from rmpeft.config import compose_config
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose("train", overrides=overrides)
+    return compose_config(overrides)
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,9 @@ import statistics
 
 import pytest
 
-from rmpeft.aggregate import (
-    Run,
-    aggregate,
-    dedupe,
-    fit_lr_scaling,
-    run_from_record,
-    runs_from_records,
-)
+from rmpeft.reporting.aggregate import aggregate
+from rmpeft.reporting.predictor import fit_lr_scaling
+from rmpeft.reporting.runs import RunResult, dedupe, run_from_record, runs_from_records
 from rmpeft.errors import RmpeftError
 
 
@@ -221,7 +216,7 @@ def test_run_from_record_checks_keys_and_metrics():
     r = run_from_record(no_metric)
     assert r.status == "failed" and "no val_metric/test_metric" in r.error
     assert run_from_record(record(status="failed")).error == "boom"
-    assert isinstance(run_from_record(record()), Run)
+    assert isinstance(run_from_record(record()), RunResult)
 
 
 def test_to_json_has_the_documented_keys():

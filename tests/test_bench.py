@@ -12,8 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from rmpeft import bench
+from rmpeft.bench import main
+from rmpeft.bench.cli import available_names
+from rmpeft.bench.steps import expected_state_bytes
+from rmpeft.bench.workload import DTYPES, build_model
+from rmpeft.config import group_choices
+from rmpeft.models import build_model_on_meta, count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +29,7 @@ def small_rows():
     """One quick --small run shared by the tests below (one timed step per row)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert bench.main(["--small", "--json", "--steps", "1", "--warmup", "0", "--ratios", "0.1", "0.001"]) == 0
+        assert main(["--small", "--json", "--steps", "1", "--warmup", "0", "--ratios", "0.1", "0.001"]) == 0
     return json.loads(out.getvalue())
 
 
@@ -42,8 +48,8 @@ def test_small_rows_and_columns(small_rows):
 
 
 def test_small_trainable_counts_and_state(small_rows):
-    model = bench.build_model("small", bench.DTYPES["fp32"], bench.torch.device("cpu"))
-    total = bench.count_params(model)
+    model = build_model("small", DTYPES["fp32"], torch.device("cpu"))
+    total = count_parameters(model)
     by = {(r["method"], r["ratio"], r["backend"]): r for r in small_rows}
     for ratio in (0.1, 0.001):
         for backend in ("torch", "dense"):
@@ -52,15 +58,28 @@ def test_small_trainable_counts_and_state(small_rows):
             assert r["trainable_params"] == k
             # values, gradients, two moments (fp32) and an int32 position per entry + a step counter
             # per wrapped matrix (8 in the small model: q_proj and v_proj of 4 layers)
-            assert r["trainable_state_bytes"] == bench.expected_state_bytes([k], 4, 4 * k) + 4 * 7
+            assert r["trainable_state_bytes"] == expected_state_bytes([k], 4, 4 * k) + 4 * 7
     assert by[("ft", None, None)]["trainable_params"] == total
     assert by[("lora", None, None)]["trainable_params"] == 4 * 2 * 2 * 8 * 256      # layers x (q,v) x (A,B) x r x d
     s = by[("structured_masking", 0.001, "columns")]
     assert s["trainable_params"] % 256 == 0 and s["trainable_params"] > 0
 
 
+def test_shapes_come_from_the_model_configs():
+    """A named shape is its conf/model `arch` (what rmpeft-params builds); small resizes OPT-125m."""
+    from omegaconf import OmegaConf
+
+    meta = torch.device("meta")
+    for name in ("opt-125m", "opt-1.3b"):
+        cfg = OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml")
+        assert count_parameters(build_model(name, DTYPES["fp32"], meta)) == \
+            count_parameters(build_model_on_meta(cfg))
+    small = build_model("small", DTYPES["fp32"], meta).config
+    assert (small.model_type, small.hidden_size, small.num_hidden_layers, small.ffn_dim) == ("opt", 256, 4, 1024)
+
+
 def test_table_output_and_targets(capsys):
-    assert bench.main(["--small", "--steps", "1", "--warmup", "0", "--ratios", "0.001", "--only-masking",
+    assert main(["--small", "--steps", "1", "--warmup", "0", "--ratios", "0.001", "--only-masking",
                        "--backends", "torch"]) == 0
     out = capsys.readouterr().out
     assert "small-shaped random OPT" in out and "x floor" in out and "B/entry" in out
@@ -70,15 +89,17 @@ def test_table_output_and_targets(capsys):
 
 
 def test_bad_arguments(capsys):
-    assert bench.main(["--small", "--model", "gpt5"]) == 2
-    assert "unknown --model 'gpt5'; valid choices: opt-1.3b, opt-125m, small" in capsys.readouterr().err
-    assert bench.main(["--small", "--backends", "cusparse"]) == 2
+    assert main(["--small", "--model", "gpt5"]) == 2
+    err = capsys.readouterr().err
+    assert f"unknown --model 'gpt5'; valid choices: {', '.join(sorted([*group_choices('model'), 'small']))}" in err
+    assert "opt-125m" in err and "small" in err
+    assert main(["--small", "--backends", "cusparse"]) == 2
     assert "unknown --backends 'cusparse'; valid choices: dense, spops, torch, triton" in capsys.readouterr().err
-    if "triton" not in bench.available_names("cpu"):
-        assert bench.main(["--small", "--backends", "triton"]) == 2
+    if "triton" not in available_names("cpu"):
+        assert main(["--small", "--backends", "triton"]) == 2
         assert "--backends triton: not available on cpu (available: torch, dense)" in capsys.readouterr().err
-    if not bench.torch.cuda.is_available():
-        assert bench.main(["--small", "--device", "cuda"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["--small", "--device", "cuda"]) == 2
         assert "no CUDA device is available" in capsys.readouterr().err
 
 
@@ -86,7 +107,7 @@ def test_gpu_check_script_syntax():
     subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu_check.sh")], check=True)
 
 
-@pytest.mark.skipif(bench.torch.cuda.is_available(), reason="the CPU fallback only runs without CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback only runs without CUDA")
 def test_gpu_check_cpu_fallback():
     env = dict(os.environ, RMPEFT_GPU_CHECK_TINY="1", PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--only-masking"], env=env,
@@ -96,3 +117,30 @@ def test_gpu_check_cpu_fallback():
     assert "sparse backends on cpu: torch, dense" in proc.stdout or "sparse backends on cpu: torch" in proc.stdout
     assert "floor" in proc.stdout and "x floor" in proc.stdout
     assert sum(ln.startswith("masking ") for ln in proc.stdout.splitlines()) >= 2
+
+
+def test_e2e_rows_memory_and_targets():
+    """--e2e: every method x workload x phase with both paths; the memory row falls from full logits."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--small", "--e2e", "--json", "--steps", "1", "--warmup", "0"]) == 0
+    data = json.loads(out.getvalue())
+    cells = [(r["method"], r["workload"], r["phase"]) for r in data["throughput"]]
+    assert cells == [(m, w, p) for m in ("ft", "lora", "masking 0.1%")
+                     for w, p in (("2-cand", "train"), ("2-cand", "eval"), ("record", "eval"))]
+    for r in data["throughput"]:
+        assert r["flat_examples_per_s"] > 0 and r["shared_examples_per_s"] > 0
+        assert math.isclose(r["speedup"], r["shared_examples_per_s"] / r["flat_examples_per_s"])
+    if data["memory"]:
+        peaks = {m["scoring"]: m["peak_mem_bytes"] for m in data["memory"]}
+        assert peaks["shared prompt"] < peaks["full logits (before)"]
+
+
+def test_e2e_workloads_share_prompts():
+    from rmpeft.bench.e2e import make_batch, workloads
+
+    two, record = workloads(small=True)
+    b = make_batch(two, 2048, torch.device("cpu"))
+    assert b.cand_ids.shape[1] == 1 and b.prompt_ids.size(0) * 2 == b.input_ids.size(0)
+    r = make_batch(record, 2048, torch.device("cpu"))
+    assert r.prompt_ids.size(0) == record.batch and r.input_ids.size(0) == record.batch * record.candidates

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rmpeft.analysis import figures
+from rmpeft.reporting import figures
 from rmpeft.errors import RmpeftError
 
 
@@ -110,3 +110,14 @@ def test_plots_write_png_and_pdf(tmp_path, fn, name, recs):
 def test_no_usable_records_is_a_one_line_error(tmp_path, fn, match):
     with pytest.raises(RmpeftError, match=match):
         fn([_record(status="failed", before=1.0, distance=1.0, epochs=(0.5,))], tmp_path)
+
+
+def test_settings_of_one_method_are_separate_series():
+    recs = []
+    for r, dist in ((8, 1.0), (16, 3.0)):
+        rec = _record(method="lora", ratio=None, share=0.01, distance=dist)
+        rec["config"]["method"]["r"] = r
+        recs.append(rec)
+    series = figures.distance_panels(recs)[PANEL]
+    assert series == {"lora (r=8), lr=0.01": {1.0: [1.0]}, "lora (r=16), lr=0.01": {1.0: [3.0]}}
+    assert set(figures.distance_panels(recs[:1])[PANEL]) == {"lora, lr=0.01"}

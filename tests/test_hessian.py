@@ -312,7 +312,7 @@ def test_sparse_backends_give_the_dense_reference_eigenvalue(name, backend):
 
 def test_reference_backends_compute_the_same_function_and_are_restored():
     sparse = pytest.importorskip("rmpeft.sparse")
-    from rmpeft.analysis.hessian import reference_sparse_backends
+    from rmpeft.sparse import use_backend
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -322,7 +322,7 @@ def test_reference_backends_compute_the_same_function_and_are_restored():
         model[0].values.normal_()
     x = torch.randn(5, 6)
     expected = model(x)
-    with reference_sparse_backends(model) as switched:
+    with use_backend(model, "dense") as switched:
         assert switched == 1 and model[0].backend.name == "dense"
         assert torch.allclose(model(x), expected, atol=1e-6)
     assert model[0].backend is backend

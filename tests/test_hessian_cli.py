@@ -16,12 +16,12 @@ from tests.conftest import compose_train
 
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory):
-    """A finished smoke run (Random Masking on tiny-opt) with trainable.pt."""
+    """A finished smoke run (Random Masking on tiny-opt) with its delta."""
     from rmpeft.trainer import train
 
     root = tmp_path_factory.mktemp("hessian-cli")
     cfg = compose_train(["experiment=smoke", f"cache_dir={root / 'cache'}", f"results_root={root / 'runs'}",
-                         "trainer.progress=false", "trainer.save_trainable=true", "trainer.epochs=2",
+                         "trainer.progress=false", "trainer.epochs=2",
                          "method.ratio=0.0003", "analysis.hessian_batches=1"])
     rec = train(cfg)
     assert rec["status"] == "finished", rec["error"]
@@ -32,16 +32,17 @@ def _exact_top_eigenvalue(run_dir, trained: bool) -> float:
     """Top-|λ| of the full Hessian over the masked values, row by row (dense reference backend)."""
     from omegaconf import OmegaConf
 
-    from rmpeft.analysis.hessian import reference_sparse_backends
-    from rmpeft.trainer import build_run, hessian_loss_fn
+    from rmpeft.sparse import use_backend
+    from rmpeft.analysis.sharpness import hessian_loss_fn
+    from rmpeft.deltas.apply import build_delta_run
+    from rmpeft.deltas.format import open_delta
+    from rmpeft.run import build_run
 
     cfg = OmegaConf.create(records.read_record(run_dir)["config"])
-    run = build_run(cfg)
+    run = build_delta_run(open_delta(run_dir / "delta"), cfg) if trained else build_run(cfg)
     params = run.handle.trainable_parameters()
-    if trained:
-        hessian_cli.load_trainable(run_dir / "trainable.pt", params)
     loss_fn = hessian_loss_fn(run)
-    with reference_sparse_backends(run.model), sdpa_kernel(SDPBackend.MATH):
+    with use_backend(run.model, "dense"), sdpa_kernel(SDPBackend.MATH):
         loss = loss_fn()
         grads = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params, create_graph=True)])
         rows = [torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads[i], params, retain_graph=True)])
@@ -86,7 +87,7 @@ def test_missing_trainable_state_is_a_one_line_error(saved_run, tmp_path, capsys
     records.write_record(copy, records.read_record(saved_run))
     assert hessian_cli.main([str(copy), "--phase", "after"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "trainer.save_trainable=true" in err
+    assert len(err.splitlines()) == 1 and "trainer.save_delta=always" in err
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -120,7 +121,7 @@ def test_measure_run_restores_backends_and_mode(saved_run):
 
     from rmpeft.analysis.sharpness import measure_run
     from rmpeft.sparse import masked_layers
-    from rmpeft.trainer import build_run
+    from rmpeft.run import build_run
 
     run = build_run(OmegaConf.create(records.read_record(saved_run)["config"]))
     run.model.train()

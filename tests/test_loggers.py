@@ -16,9 +16,9 @@ from rmpeft.loggers import (
     RunLogger,
     WandbLogger,
     build_logger,
-    record_from_wandb_run,
-    records_from_wandb,
 )
+from rmpeft.records import setting_hash
+from rmpeft.reporting.sources import record_from_wandb_run, records_from_wandb
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -114,8 +114,14 @@ def test_build_logger_choices(tmp_path, monkeypatch):
 
 def test_names_group_and_tags_are_derived(tmp_path):
     s = loggers.wandb_settings(cfg(tmp_path))
-    assert s.group == "tiny-opt-synthetic-masking-r0.01"
-    assert s.run_name == "tiny-opt-synthetic-masking-r0.01-lr0.03-s1"
+    group = f"tiny-opt-synthetic-masking-r0.01-{setting_hash(cfg(tmp_path))}"
+    assert s.group == group and s.run_name == f"{group}-lr0.03-s1"
+    # the group is one table cell: another LR/seed/logger shares it, another method setting does not
+    other = cfg(None, mode="disabled")
+    other["optim"]["lr"], other["seed"] = 0.1, 2
+    assert loggers.wandb_settings(other).group == group
+    other["method"]["r"] = 16
+    assert loggers.wandb_settings(other).group != group
     assert s.tags == ["sweep-a", "tiny-opt", "synthetic", "masking", "extra"]
     s = loggers.wandb_settings(cfg(tmp_path, group="g", run_name="r"))
     assert (s.group, s.run_name) == ("g", "r")
@@ -147,8 +153,9 @@ def test_offline_run_holds_config_curves_and_summary(tmp_path):
     recs = read_wandb_file(run_file)
 
     run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
-    assert run.project == "rmpeft-test" and run.display_name == "tiny-opt-synthetic-masking-r0.01-lr0.03-s1"
-    assert run.run_group == "tiny-opt-synthetic-masking-r0.01"
+    group = f"tiny-opt-synthetic-masking-r0.01-{setting_hash(cfg(tmp_path))}"
+    assert run.project == "rmpeft-test" and run.display_name == f"{group}-lr0.03-s1"
+    assert run.run_group == group
     assert list(run.tags) == ["sweep-a", "tiny-opt", "synthetic", "masking", "extra"]
     config = {_key(u): _value(u) for u in run.config.update}
     assert config["model"] == {"name": "tiny-opt"} and config["optim"] == {"lr": 0.03}
@@ -294,7 +301,7 @@ def test_records_from_wandb_uses_the_api_object():
     api = FakeApi([FakeRun()])
     pairs = records_from_wandb("team/proj", api=api, filters={"tags": "sweep-a"})
     assert api.calls == [("team/proj", {"tags": "sweep-a"}, False)]
-    assert pairs[0][0] == "wandb:team/proj/abc123" and pairs[0][1]["status"] == "finished"
+    assert pairs[0][0] == "wandb:team/proj/abc123" and pairs[0][1].status == "finished"
 
     class Broken:
         def runs(self, path):

@@ -13,13 +13,7 @@ from torch import nn
 from rmpeft.errors import RmpeftError
 from rmpeft.methods import MethodContext, get_method
 from rmpeft.methods.masking import MASK_SEED_OFFSET
-from rmpeft.sparse import autotune
-from rmpeft.sparse.layers import (
-    ColumnMaskedLinear,
-    MaskedLinear,
-    masked_layers,
-    unpatch,
-)
+from rmpeft.sparse import ColumnMaskedLinear, MaskedLinear, masked_layers, reset_strategy_decisions, unpatch
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TARGETS = ("q_proj", "v_proj")
@@ -232,10 +226,10 @@ def _trajectory(backend: str, **kw) -> list[float]:
 
 
 def test_same_loss_trajectory_across_backends():
-    from rmpeft.sparse.base import available_backends
+    from rmpeft.sparse import available_backends
     from rmpeft.sparse.torch_backend import FORWARD_STRATEGIES, SDDMM_STRATEGIES
 
-    autotune.reset()
+    reset_strategy_decisions()
     reference = _trajectory("dense")
     assert reference[-1] < reference[0]                          # it trains
     runs = {name: _trajectory(name) for name in available_backends("cpu") if name != "dense"}

@@ -1,14 +1,13 @@
-"""rmpeft-plot: lr-curves files, and the lazily imported Figure 4 subcommands."""
+"""rmpeft-plot: lr-curves files, and the Figure 4 subcommands."""
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
-from rmpeft import plot
+from rmpeft.reporting import cli as reporting_cli
+from rmpeft.reporting import figures
 from rmpeft.records import run_dir, write_record
 
 
@@ -45,7 +44,7 @@ def results(tmp_path) -> Path:
 
 def test_lr_curves_writes_png_and_pdf_per_model_and_task(results, tmp_path, capsys):
     out = tmp_path / "figs"
-    assert plot.main(["lr-curves", str(results), "--out", str(out)]) == 0
+    assert reporting_cli.plot_main(["lr-curves", str(results), "--out", str(out)]) == 0
     expected = sorted(f"lr_curves_{m}_{t}.{ext}" for m, t in (("opt-125m", "rte"), ("opt-1.3b", "rte"),
                                                              ("opt-125m", "sst2")) for ext in ("png", "pdf"))
     assert sorted(p.name for p in out.iterdir()) == expected
@@ -65,7 +64,7 @@ def test_lr_curves_lines_and_points(results, tmp_path, monkeypatch):
 
     captured = []
     monkeypatch.setattr(plt, "close", lambda fig: captured.append(fig))
-    assert plot.main(["lr-curves", str(results), "--out", str(tmp_path), "--model", "opt-125m", "--task", "rte"]) == 0
+    assert reporting_cli.plot_main(["lr-curves", str(results), "--out", str(tmp_path), "--model", "opt-125m", "--task", "rte"]) == 0
     (fig,) = captured
     ax = fig.axes[0]
     lines = {ln.get_label(): ln for ln in ax.get_lines() if not ln.get_label().startswith("_")}
@@ -77,9 +76,8 @@ def test_lr_curves_lines_and_points(results, tmp_path, monkeypatch):
     assert ax.get_xscale() == "log" and ax.get_title() == "RTE, OPT-125m"
 
 
-def test_figure4_subcommands_call_the_analysis_module(results, tmp_path, monkeypatch, capsys):
+def test_figure4_subcommands_call_the_figures_module(results, tmp_path, monkeypatch, capsys):
     calls = []
-    fake = types.ModuleType("rmpeft.analysis.figures")
 
     def plot_distance(records, out_dir):
         calls.append((len(records), out_dir))
@@ -88,27 +86,19 @@ def test_figure4_subcommands_call_the_analysis_module(results, tmp_path, monkeyp
         path.write_bytes(b"x")
         return [path]
 
-    fake.plot_distance = plot_distance
-    monkeypatch.setitem(sys.modules, "rmpeft.analysis.figures", fake)
-    assert plot.main(["distance", str(results), "--out", str(tmp_path / "f"), "--task", "rte"]) == 0
+    monkeypatch.setattr(figures, "plot_distance", plot_distance)
+    assert reporting_cli.plot_main(["distance", str(results), "--out", str(tmp_path / "f"), "--task", "rte"]) == 0
     assert calls == [(2 * 3 * 4 * 2, tmp_path / "f")]
     assert capsys.readouterr().out.strip() == str(tmp_path / "f" / "distance.png")
-    assert plot.main(["sharpness", str(results)]) == 2
-    assert "rmpeft.analysis.figures has no plot_sharpness()" in capsys.readouterr().err
-
-
-def test_figure4_subcommand_without_the_analysis_module(results, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "rmpeft.analysis.figures", None)
-    assert plot.main(["epochs", str(results)]) == 2
-    assert capsys.readouterr().err == ("rmpeft-plot: error: 'rmpeft-plot epochs' needs rmpeft.analysis.figures, "
-                                       "which this installation does not have\n")
+    assert reporting_cli.plot_main(["sharpness", str(results)]) == 2
+    assert "no finished run record has Hessian results" in capsys.readouterr().err
 
 
 def test_errors(results, tmp_path, capsys):
-    assert plot.main(["lr-curves", str(results), "--model", "opt-13b"]) == 2
+    assert reporting_cli.plot_main(["lr-curves", str(results), "--model", "opt-13b"]) == 2
     assert "no run records match" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        plot.main(["bogus"])
+        reporting_cli.plot_main(["bogus"])
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
 
 
@@ -119,9 +109,7 @@ def test_epochs_asks_wandb_for_history(monkeypatch, tmp_path):
         seen["history"] = history
         return [("wandb:e/p/1", record("rte", "ft", 1e-3, 0, 0.5, 0.5))]
 
-    fake = types.ModuleType("rmpeft.analysis.figures")
-    fake.plot_epochs = lambda records, out_dir: [out_dir / "epochs.png"]
-    monkeypatch.setitem(sys.modules, "rmpeft.analysis.figures", fake)
-    monkeypatch.setattr("rmpeft.tables.load_records", fake_load)
-    assert plot.main(["epochs", "--source", "wandb:e/p", "--out", str(tmp_path)]) == 0
+    monkeypatch.setattr(figures, "plot_epochs", lambda records, out_dir: [out_dir / "epochs.png"])
+    monkeypatch.setattr("rmpeft.reporting.cli.load_records", fake_load)
+    assert reporting_cli.plot_main(["epochs", "--source", "wandb:e/p", "--out", str(tmp_path)]) == 0
     assert seen["history"] is True

@@ -47,7 +47,7 @@ def test_preview_of_generation_and_record_tasks_shows_gold_answers():
 def test_preview_rejects_unknown_split_and_task():
     with pytest.raises(RmpeftError, match="unknown split 'dev'; valid choices: test, train, validation"):
         preview_lines(compose_preview(["task=synthetic", "split=dev"]))
-    with pytest.raises(RmpeftError, match="unknown task 'mnli'; valid choices: boolq, cb, copa, drop, multirc"):
+    with pytest.raises(RmpeftError, match="unknown task 'mnli'; valid choices: boolq, cb, .*copa, .*sst2"):
         check_choices(["n=2", "task=mnli"], groups=("task",))
     check_choices(["task=rte", "n=1"], groups=("task",))
 

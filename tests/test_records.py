@@ -16,9 +16,12 @@ def _cfg(**kw):
 
 
 def test_run_dir_is_derived_from_config():
-    assert str(records.run_dir(_cfg())) == "R/exp/opt-125m/rte/masking-r0.0001/lr0.01/seed1"
+    folder = records.run_dir(_cfg())
+    assert str(folder.parent) == "R/exp/opt-125m/rte/masking-r0.0001/lr0.01"
+    assert folder.name == f"seed1-{records.identity_hash(_cfg())}" and len(folder.name) == len("seed1-") + 10
     ft = _cfg(method={"name": "ft"}, optim={"lr": 1e-5}, seed=0)
-    assert str(records.run_dir(ft)) == "R/exp/opt-125m/rte/ft/lr1e-05/seed0"
+    assert str(records.run_dir(ft).parent) == "R/exp/opt-125m/rte/ft/lr1e-05"
+    assert str(records.legacy_run_dir(ft)) == "R/exp/opt-125m/rte/ft/lr1e-05/seed0"
     assert records.run_dir(_cfg(seed=2)) != records.run_dir(_cfg())
     assert records.run_dir(_cfg(method={"name": "masking", "ratio": 0.001})) != records.run_dir(_cfg())
 
@@ -55,3 +58,54 @@ def test_run_status_and_find_records(tmp_path):
     assert records.run_status(cfg) == "diverged"
     found = records.find_records(tmp_path)
     assert len(found) == 1 and found[0][1]["status"] == "diverged"
+
+
+def test_identity_covers_result_fields_and_ignores_bookkeeping():
+    base = _cfg(trainer={"epochs": 5, "max_steps": None, "progress": True, "eval_batch_size": 8})
+    lora8 = _cfg(method={"name": "lora", "r": 8})
+    lora16 = _cfg(method={"name": "lora", "r": 16})
+    assert records.run_dir(lora8) != records.run_dir(lora16)
+    for changed in ({"trainer": {**base["trainer"], "epochs": 1}}, {"trainer": {**base["trainer"], "max_steps": 2}},
+                    {"model": {"name": "opt-125m", "name_or_path": "/other"}}):
+        assert records.identity_hash(_cfg(**{**base, **changed})) != records.identity_hash(base), changed
+    for same in ({"trainer": {**base["trainer"], "progress": False, "eval_batch_size": 64}}, {"force": True},
+                 {"results_root": "elsewhere"}, {"logger": {"name": "wandb"}}, {"cache_dir": "/x"}):
+        assert records.identity_hash(_cfg(**{**base, **same})) == records.identity_hash(base), same
+    # LR and seed are part of the run, not of the table cell's setting
+    assert records.setting_hash(_cfg(optim={"lr": 1.0}, seed=3)) == records.setting_hash(_cfg())
+    assert records.setting_hash(lora8) != records.setting_hash(lora16)
+
+
+def test_identity_is_the_same_from_a_record_and_from_a_dictconfig(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({**_cfg(), "data_seed": "${seed}"})
+    rec = records.RunRecord(status="finished", config=OmegaConf.to_container(cfg, resolve=True))
+    records.write_record(tmp_path, rec)
+    back = records.load_record(tmp_path)
+    assert back.identity_hash == records.identity_hash(cfg)
+    assert records.run_dir(back.config) == records.run_dir(cfg)
+
+
+def test_records_are_strict_json_with_reasons_for_nulls(tmp_path):
+    rec = records.RunRecord(status="finished", val_metric=float("-inf"),
+                            epochs=[{"epoch": 1, "train_loss": float("nan"), "val_metric": 0.5}])
+    path = records.write_record(tmp_path, rec)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert data["val_metric"] is None and data["epochs"][0]["train_loss"] is None
+    assert data["nulls"] == {"val_metric": "-inf", "epochs.0.train_loss": "nan"}
+
+
+def test_old_records_with_nan_are_read_as_null(tmp_path):
+    (tmp_path / "record.json").write_text('{"status": "finished", "val_metric": NaN}')
+    rec = records.read_record(tmp_path)
+    assert rec["val_metric"] is None and rec["nulls"] == {"val_metric": "nan"}
+
+
+def test_record_round_trip_keeps_unknown_keys(tmp_path):
+    rec = records.RunRecord.from_dict({"status": "finished", "custom": [1, 2], "config": _cfg()})
+    records.write_record(tmp_path, rec)
+    back = records.load_record(tmp_path)
+    assert back.extra == {"custom": [1, 2]} and back.get("method.ratio") == 0.0001

@@ -63,7 +63,7 @@ def _sweep_file(tmp_path: Path, body: str) -> Path:
 
 def _rmpeft_sweep(args: list[str]) -> tuple[int, dict, str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "rmpeft.sweep", *args, "--json"],
+        [sys.executable, "-m", "rmpeft.sweeps", *args, "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S,
         env={**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"},
     )

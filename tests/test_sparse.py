@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from rmpeft.errors import RmpeftError
-from rmpeft.sparse import autotune
-from rmpeft.sparse.base import available_backends, get_backend
+from rmpeft.sparse import available_backends, get_backend, strategy_tuning
 from rmpeft.sparse.dense import DenseBackend
 from rmpeft.sparse.layers import MaskedLinear, layer_state_bytes
 from rmpeft.sparse.sampling import (
@@ -163,7 +162,7 @@ def test_memory_does_not_grow_with_matrix_size_at_fixed_nnz():
 
 
 def test_inplace_strategy_restores_the_weight_bit_for_bit():
-    from rmpeft.sparse.torch_backend import weight_with_delta
+    from rmpeft.sparse.indexing import weight_with_delta
 
     index, weight, bias, values, x, gy = _problem(20, 30, 150, seed=8, dtype=torch.float32)
     weight = nn.Parameter(weight, requires_grad=False)
@@ -195,7 +194,7 @@ def test_layer_state_is_values_and_int32_positions():
 
 
 def test_optimizer_state_size_equals_formula():
-    from rmpeft.bench import expected_state_bytes, optimizer_state_bytes
+    from rmpeft.bench.steps import expected_state_bytes, optimizer_state_bytes
 
     layers = [MaskedLinear(nn.Linear(40, 30).requires_grad_(False),
                            sample_positions(1200, n, torch.Generator().manual_seed(n)), TorchBackend())
@@ -214,8 +213,8 @@ def test_optimizer_state_size_equals_formula():
     assert total == expected_state_bytes([7, 100, 1200], 4, 4 * nnz) == 20 * nnz + 12
 
 
-def test_autotune_caches_one_decision_per_key():
-    autotune.reset()
+def test_strategy_tuning_caches_one_decision_per_key():
+    strategy_tuning.reset_strategy_decisions()
     calls = {"a": 0, "b": 0}
 
     def fast():
@@ -225,12 +224,12 @@ def test_autotune_caches_one_decision_per_key():
         calls["b"] += 1
         torch.randn(300, 300) @ torch.randn(300, 300)
 
-    assert autotune.choose(("k",), {"a": fast, "b": slow}, torch.device("cpu")) == "a"
+    assert strategy_tuning.choose(("k",), {"a": fast, "b": slow}, torch.device("cpu")) == "a"
     before = dict(calls)
-    assert autotune.choose(("k",), {"a": fast, "b": slow}, torch.device("cpu")) == "a"
+    assert strategy_tuning.choose(("k",), {"a": fast, "b": slow}, torch.device("cpu")) == "a"
     assert calls == before                       # cached: nothing re-timed
-    assert autotune.decisions() == {"k": "a"}
-    autotune.reset()
+    assert strategy_tuning.strategy_decisions() == {"k": "a"}
+    strategy_tuning.reset_strategy_decisions()
 
 
 def test_sample_positions_is_exact_distinct_sorted_and_seeded():
@@ -304,7 +303,7 @@ def test_triton_kernel_matches_dense_in_interpreter():
     """The Triton SDDMM kernel, run by Triton's CPU interpreter, against the dense reference."""
     code = """
 import torch
-from rmpeft.sparse.base import get_backend
+from rmpeft.sparse import get_backend
 from rmpeft.sparse.dense import DenseBackend
 from rmpeft.sparse.sampling import sample_positions
 for o, i, nnz, n in [(7, 5, 9, 6), (33, 17, 200, 70), (16, 12, 1, 3), (5, 7, 0, 4), (40, 3, 120, 130)]:
@@ -389,7 +388,7 @@ def test_spops_adapter_against_its_api(monkeypatch):
 
 
 def test_auto_times_the_candidates_and_takes_the_fastest(monkeypatch):
-    import rmpeft.sparse.auto as auto
+    import rmpeft.sparse.selection as auto
 
     monkeypatch.setattr(auto, "AUTO_TOKENS", 64)
     assert auto.resolve_auto(torch.device("cpu"), [(32, 16)], [40], torch.float32) == ("torch", {})
@@ -397,3 +396,26 @@ def test_auto_times_the_candidates_and_takes_the_fastest(monkeypatch):
     name, timings = auto.resolve_auto(torch.device("cpu"), [(32, 16), (32, 16), (8, 8)], [40, 50, 2], torch.float32)
     assert set(timings) == {"torch", "dense"} and name == min(timings, key=timings.get)
     assert auto.resolve_auto(torch.device("meta"), [(32, 16)], [40], torch.float32) == ("torch", {})
+
+
+def test_use_backend_switches_every_masked_layer_and_restores_them():
+    from rmpeft.sparse import patch, use_backend
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    own = TorchBackend()
+    patch(model, {"0": MaskedLinear(model[0], torch.arange(0, 48, 3, dtype=torch.int32), own),
+                  "2": MaskedLinear(model[2], torch.arange(0, 16, 2, dtype=torch.int32), get_backend("dense", "cpu"))})
+    with torch.no_grad():
+        model[0].values.normal_()
+    x = torch.randn(5, 6)
+    expected = model(x)
+    with use_backend(model, "dense") as switched:
+        assert switched == 1 and model[0].backend.name == "dense" and model[2].backend.name == "dense"
+        torch.testing.assert_close(model(x), expected, rtol=1e-6, atol=1e-6)
+    assert model[0].backend is own and model[2].backend.name == "dense"
+    with pytest.raises(RuntimeError), use_backend(model, "dense"):
+        raise RuntimeError("inside the block")
+    assert model[0].backend is own                       # restored after an error too
+    with pytest.raises(RmpeftError, match="unknown sparse backend 'auto'"), use_backend(model, "auto"):
+        pass

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from rmpeft import tables
 from rmpeft.loggers import summary_from_record
+from rmpeft.reporting import cli as reporting_cli
+from rmpeft.reporting.paper import PAPER_NUMBERS_DIR, PaperNumbers
 from rmpeft.records import run_dir, write_record
 
-REPO = Path(__file__).resolve().parent.parent
 SHARED_PAPER = Path("/work/shared/paper")
 
 
@@ -67,7 +67,7 @@ def results(tmp_path) -> Path:
 
 def cli(*argv, api=None) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
-    assert tables.run([str(a) for a in argv], api=api, stdout=out, stderr=err) == 0
+    assert reporting_cli.run_tables([str(a) for a in argv], api=api, stdout=out, stderr=err) == 0
     return out.getvalue(), err.getvalue()
 
 
@@ -200,7 +200,7 @@ def test_all_eleven_tasks_use_the_papers_columns_and_avg(tmp_path):
     tasks = ["sst2", "rte", "wsc", "wic", "cb", "boolq", "multirc", "copa", "record", "squad", "drop"]
     recs = [record(t, "ft", 1e-5, 0, 0.5, 0.5) for t in reversed(tasks)]
     out, _ = cli(write_all(tmp_path / "runs", recs), "--format", "csv", "--table", "main")
-    paper_header = (REPO / "results/paper/table5_main.csv").read_text().splitlines()[0]
+    paper_header = (PAPER_NUMBERS_DIR / "table5_main.csv").read_text().splitlines()[0]
     assert out.splitlines()[0] == paper_header
     # with all 11 tasks, the paper's own Avg (62.36 for OPT-125m FT) is the comparison
     out, _ = cli(tmp_path / "runs", "--table", "main", "--compare-paper")
@@ -249,17 +249,17 @@ def test_filters_and_out_folder(results, tmp_path):
 
 
 def test_errors_are_one_line(tmp_path, capsys):
-    assert tables.main([str(tmp_path / "nope")]) == 2
+    assert reporting_cli.tables_main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == f"rmpeft-tables: error: results folder not found: {tmp_path / 'nope'}\n"
     (tmp_path / "empty").mkdir()
-    assert tables.main([str(tmp_path / "empty")]) == 2
+    assert reporting_cli.tables_main([str(tmp_path / "empty")]) == 2
     assert "no run records match" in capsys.readouterr().err
-    assert tables.main([str(tmp_path), "--source", "s3:x"]) == 2
+    assert reporting_cli.tables_main([str(tmp_path), "--source", "s3:x"]) == 2
     assert "unknown source 's3:x'" in capsys.readouterr().err
-    assert tables.main([str(tmp_path), "--source", "wandb:no-project"]) == 2
+    assert reporting_cli.tables_main([str(tmp_path), "--source", "wandb:no-project"]) == 2
     assert "bad wandb source 'no-project'; expected ENTITY/PROJECT" in capsys.readouterr().err
     write_all(tmp_path / "runs", [record("rte", "ft", 1e-5, 0, 0.5, 0.5)])
-    assert tables.main([str(tmp_path / "runs"), "--predict-ratio", "2"]) == 2
+    assert reporting_cli.tables_main([str(tmp_path / "runs"), "--predict-ratio", "2"]) == 2
     assert "bad ratio '2'" in capsys.readouterr().err
 
 
@@ -311,7 +311,7 @@ def test_wandb_runs_without_summary_are_failed_or_running(results):
 
 
 def test_shipped_paper_csvs():
-    paper = tables.PaperNumbers.load()
+    paper = PaperNumbers.load()
     assert paper.lookup("opt-13b", "masking", 0.00001).values["squad"] == 86.0
     assert paper.lookup("opt-1.3b", "structured_masking", 0.05).values["cb"] == 89.3
     assert paper.lookup("opt-125m", "bitfit", None).values["wsc"] == 63.5
@@ -321,4 +321,49 @@ def test_shipped_paper_csvs():
     if not SHARED_PAPER.exists():
         pytest.skip("the paper's folder is not on this machine")
     for src in sorted(SHARED_PAPER.glob("*.csv")):
-        assert (REPO / "results/paper" / src.name).read_bytes() == src.read_bytes()
+        assert (PAPER_NUMBERS_DIR / src.name).read_bytes() == src.read_bytes()
+
+
+# -- run identity: different settings of one method are different rows ------------------------------
+
+
+def lora(task, r, lr, seed, v):
+    rec = record(task, "lora", lr, seed, v, v)
+    rec["config"]["method"] = {"name": "lora", "r": r, "alpha": 16}
+    return rec
+
+
+def test_lora_r8_and_r16_are_never_averaged_together(tmp_path):
+    recs = [lora(t, 8, lr, s, 0.6 + lr) for t in ("rte", "sst2") for lr in (1e-4, 1e-3) for s in (0, 1)]
+    recs += [lora(t, 16, lr, s, 0.8 + lr) for t in ("rte", "sst2") for lr in (1e-4, 1e-3) for s in (0, 1)]
+    root = write_all(tmp_path / "runs", recs)
+    cells = json.loads(cli(root, "--json")[0])
+    assert len(cells) == 4 and len({c["setting"] for c in cells}) == 4
+    by = {(c["task"], c["variant"]): c for c in cells}
+    assert by[("rte", "r=8")]["test_mean"] == pytest.approx(0.601)       # never (0.601 + 0.801) / 2
+    assert by[("rte", "r=16")]["test_mean"] == pytest.approx(0.801)
+    assert all(c["n_seeds"] == 2 for c in cells)
+    assert all("mixed" in [f["kind"] for f in c["flags"]] for c in cells)
+    out, _ = cli(root, "--table", "main")
+    assert "| OPT-125m | LoRA (r=16) |  | 80.1 ± 0.0† | 80.1 ± 0.0† | 80.10 |" in out
+    assert "| OPT-125m | LoRA (r=8) |  | 60.1 ± 0.0† | 60.1 ± 0.0† | 60.10 |" in out
+    assert "- OPT-125m RTE LoRA (r=8): [mixed] runs of this method with different settings (differing in " \
+           "method.r): shown as separate rows, never averaged" in out
+
+
+def test_one_setting_keeps_the_plain_row_label(tmp_path):
+    root = write_all(tmp_path / "runs", [lora("rte", 8, 1e-3, s, 0.7) for s in (0, 1)])
+    out, _ = cli(root, "--table", "main")
+    assert "| OPT-125m | LoRA |" in out and "mixed" not in out and "(r=8)" not in out
+
+
+def test_records_in_the_layout_before_run_identity_are_read(tmp_path):
+    """Folders without the identity hash, records without an identity key."""
+    from rmpeft.records import legacy_run_dir
+
+    root = tmp_path / "runs"
+    for r in scenario():
+        write_record(legacy_run_dir({**r["config"], "results_root": str(root)}), r)
+    assert not any(k.startswith("identity") for p in root.rglob("record.json") for k in json.loads(p.read_text()))
+    out, _ = cli(root, "--table", "main")
+    assert out == EXPECTED_MAIN + "\n" + EXPECTED_FLAGS

@@ -49,10 +49,10 @@ def sweep(tmp_path_factory):
 
 
 def tables_json(root: Path) -> list[dict]:
-    from rmpeft import tables
+    from rmpeft.reporting import cli
 
     out = io.StringIO()
-    assert tables.run([str(root), "--json"], stdout=out, stderr=io.StringIO()) == 0
+    assert cli.run_tables([str(root), "--json"], stdout=out, stderr=io.StringIO()) == 0
     return json.loads(out.getvalue())
 
 
@@ -96,10 +96,10 @@ def test_every_table_cell_recomputed_from_the_records(sweep):
         assert (c["test_std"] is None and e["test_std"] is None) or c["test_std"] == pytest.approx(e["test_std"])
 
     # the Markdown table prints the same numbers, in %
-    from rmpeft import tables
+    from rmpeft.reporting import cli
 
     out = io.StringIO()
-    assert tables.run([str(root), "--table", "main"], stdout=out, stderr=io.StringIO()) == 0
+    assert cli.run_tables([str(root), "--table", "main"], stdout=out, stderr=io.StringIO()) == 0
     rows = {line.split(" | ")[1]: line for line in out.getvalue().splitlines() if line.startswith("| tiny-opt")}
     for (_model, _task, method, _ratio), e in expected.items():
         cell = f"{100 * e['test_mean']:.1f}" + ("" if e["test_std"] is None else f" ± {100 * e['test_std']:.1f}")
@@ -110,9 +110,9 @@ def test_every_table_cell_recomputed_from_the_records(sweep):
 
 @pytest.mark.slow
 def test_lr_curves_of_the_sweep(sweep, tmp_path):
-    from rmpeft import plot
+    from rmpeft.reporting import cli
 
     _, root = sweep
-    assert plot.main(["lr-curves", str(root), "--out", str(tmp_path)]) == 0
+    assert cli.plot_main(["lr-curves", str(root), "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lr_curves_tiny-opt_synthetic.pdf",
                                                            "lr_curves_tiny-opt_synthetic.png"]

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from rmpeft.data import KINDS, PAPER_TASKS, TASK_NAMES, Example, load_splits
+from rmpeft.data import KINDS, TASK_NAMES, TASK_ORDER, Example, load_splits
 from rmpeft.data.formats import DataFileError
+from rmpeft.data.loading import render
 from rmpeft.data.sampling import plan_splits
 from rmpeft.data.sources import hub_rows, load_hub, read_local_file
-from rmpeft.data.templates import render
 from rmpeft.errors import RmpeftError
+from rmpeft.vision.classes import IMAGE_TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tasks"
@@ -142,7 +143,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("task", PAPER_TASKS)
+@pytest.mark.parametrize("task", TASK_ORDER)
 def test_fixture_renders_to_expected_prompt_and_candidates(task):
     got = [(e.prompt, e.candidates, e.gold) for e in fixture_examples(task)]
     assert got == EXPECTED[task]
@@ -259,7 +260,7 @@ HUB_TRAIN_ROWS = {
 }
 
 
-@pytest.mark.parametrize("task", PAPER_TASKS)
+@pytest.mark.parametrize("task", TASK_ORDER)
 def test_hub_fields_map_onto_the_local_raw_records(task):
     from datasets import Dataset
 
@@ -374,14 +375,14 @@ def test_synthetic_task_sizes_determinism_and_visible_answer():
 
 def test_every_task_has_a_complete_config():
     names = sorted(p.stem for p in (REPO / "conf" / "task").glob("*.yaml"))
-    assert names == sorted(TASK_NAMES)
+    assert names == sorted(TASK_NAMES + IMAGE_TASKS)  # image tasks: tests/test_vision_data.py
     for name in TASK_NAMES:
         cfg = task_cfg(name)
         assert cfg.name == name and cfg.kind == KINDS[name]
         assert cfg.metric == ("f1" if cfg.kind == "generation" else "accuracy")
         assert cfg.num_train > cfg.num_val >= 1 and cfg.num_test >= 1 and cfg.grad_accum >= 1
         assert cfg.full_train is False and "data_dir" in cfg
-        if name in PAPER_TASKS:
+        if name in TASK_ORDER:
             assert cfg.source.path and cfg.source.train_split == "train" and cfg.source.test_split == "validation"
             assert tuple(cfg.files.values()) == LAYOUT[name][1:]
     # The small training splits hold out a smaller validation set (COPA 400, CB 250, WSC 554 examples).
@@ -466,3 +467,17 @@ def test_sizes_that_leave_no_training_data_are_refused():
         plan_splits(400, 100, num_train=10, num_val=5, num_test=10, seed=-1)
     with pytest.raises(RmpeftError, match=r"task.num_test must be an integer >= 1, got 0"):
         plan_splits(400, 100, num_train=10, num_val=5, num_test=0, seed=0)
+
+
+def test_task_order_is_the_papers_table_order():
+    from rmpeft.data.tasks import TASK_LABELS
+
+    assert TASK_ORDER == ("sst2", "rte", "wsc", "wic", "cb", "boolq", "multirc", "copa", "record", "squad", "drop")
+    assert TASK_NAMES == TASK_ORDER + ("synthetic",)
+    tables = [p for p in (REPO / "rmpeft" / "reporting" / "paper_numbers" / "table5_main.csv",
+                          REPO / "results" / "paper" / "table5_main.csv",
+                          REPO.parent / "shared" / "paper" / "table5_main.csv") if p.is_file()]
+    if not tables:
+        pytest.skip("the paper's Table 5 is not in this checkout")
+    header = tables[0].read_text().splitlines()[0].split(",")
+    assert [TASK_LABELS[t] for t in TASK_ORDER] == header[3:-1]  # model, method, params, <tasks>, avg

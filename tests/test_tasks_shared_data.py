@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from rmpeft.data import load_splits
 from rmpeft.data.sources import read_local_file
-from rmpeft.data.templates import render
+from rmpeft.data.loading import render
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rmpeft import records
+from rmpeft.deltas.format import open_delta
 from rmpeft.trainer import train
 from tests.conftest import REPO, compose_train
 
@@ -75,7 +76,7 @@ def test_cli_smoke_writes_a_finished_record(smoke_overrides):
 
 
 @pytest.mark.parametrize("arg,needle", [
-    ("model=opt-7b", "unknown model 'opt-7b'; valid choices: llama2-7b, opt-1.3b, opt-125m, opt-13b, tiny-opt"),
+    ("model=opt-7b", "unknown model 'opt-7b'; valid choices: "),
     ("task=mnli", "unknown task 'mnli'; valid choices:"),
     ("method=dora", "unknown method 'dora'; valid choices:"),
 ])
@@ -97,7 +98,7 @@ def test_ratio_out_of_range_is_one_line(smoke_overrides):
 def test_two_process_gloo_run_matches_single_process_accumulation(cache_dir, tmp_path):
     """DDP over 2 CPU processes (gloo) with micro-batch 4 equals 1 process accumulating 2 micro-batches of 4."""
     common = ["experiment=smoke", "method=ft", "optim.lr=1e-3", "trainer.epochs=1", f"cache_dir={cache_dir}",
-              "trainer.progress=false", "trainer.save_trainable=true", "+model.arch.dropout=0.0",
+              "trainer.progress=false", "trainer.save_delta=always", "+model.arch.dropout=0.0",
               "+model.arch.attention_dropout=0.0"]
     single = _cli(common + [f"results_root={tmp_path / 'one'}", "trainer.grad_accum=2"])
     assert single.returncode == 0, single.stderr[-2000:]
@@ -112,12 +113,13 @@ def test_two_process_gloo_run_matches_single_process_accumulation(cache_dir, tmp
     r1, r2 = json.loads(one.read_text()), json.loads(two.read_text())
     assert r1["status"] == r2["status"] == "finished"
     assert r2["split_sizes"] == r1["split_sizes"]
-    w1, w2 = torch.load(one.parent / "trainable.pt"), torch.load(two.parent / "trainable.pt")
-    assert len(w1) == len(w2)
+    d1, d2 = open_delta(one.parent / "delta").tensors(), open_delta(two.parent / "delta").tensors()
+    assert sorted(d1) == sorted(d2)
+    w1, w2 = [d1[k] for k in sorted(d1)], [d2[k] for k in sorted(d2)]
     assert r1["distance_from_init"] > 0
     assert r2["distance_from_init"] == pytest.approx(r1["distance_from_init"], rel=1e-3)
     for a, b in zip(w1, w2):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)  # Adam amplifies float-order noise
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=3e-4)  # Adam amplifies float-order noise (shared-prompt scoring sums in another order)
     assert r1["val_metric"] == pytest.approx(r2["val_metric"]) and r1["test_metric"] == pytest.approx(r2["test_metric"])
 
 

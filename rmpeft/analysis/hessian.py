@@ -45,8 +45,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -211,32 +210,6 @@ def power_iteration(hvp: HvpFn, v0: Vector, iters: int, tol: float) -> dict[str,
         "converged": converged,
         "history": history,
     }
-
-
-@contextmanager
-def reference_sparse_backends(model: torch.nn.Module) -> Iterator[int]:
-    """Compute Random Masking layers with the dense reference backend while inside the block.
-
-    The function of the trainable values is the same (up to rounding); the reference backend is
-    plain autograd on a dense delta, so double backward is exact, at the memory cost of one dense
-    delta per masked matrix. Yields the number of layers switched; restores their backends on exit.
-    """
-    try:
-        from rmpeft.sparse.base import get_backend
-        from rmpeft.sparse.layers import MaskedLinear
-    except ImportError:            # the sparse engine is optional for this module
-        yield 0
-        return
-    swapped = []
-    for module in model.modules():
-        if isinstance(module, MaskedLinear) and module.backend.name != "dense":
-            swapped.append((module, module.backend))
-            module.backend = get_backend("dense", module.values.device)
-    try:
-        yield len(swapped)
-    finally:
-        for module, backend in swapped:
-            module.backend = backend
 
 
 def _symmetry_defect(v0: Vector, h1: Vector, h2: Vector) -> float:

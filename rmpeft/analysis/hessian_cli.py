@@ -1,10 +1,10 @@
 """``rmpeft-hessian RUN_DIR``: sharpness of a saved run, written into its record.
 
 The run is rebuilt from the resolved config in its ``record.json`` (same model, data sample, method,
-mask and initialisation, via ``rmpeft.trainer.build_run``). ``before`` is measured at that
-initialisation; ``after`` at the trained state in ``trainable.pt`` (written by runs with
-``trainer.save_trainable=true``: the trainable tensors of the best validation epoch, in
-``handle.trainable_parameters()`` order). The loss is the mean training loss over the first
+mask and initialisation, via ``rmpeft.run.build_run``). ``before`` is measured at that
+initialisation; ``after`` at the trained state of the best validation epoch: the run's delta
+(``<run_dir>/delta``, kept by default, see docs/deltas.md) applied to the base model, or, for runs
+from before deltas, ``trainable.pt`` (the trainable tensors in ``handle.trainable_parameters()`` order). The loss is the mean training loss over the first
 ``analysis.hessian_batches`` training batches in eval mode, as for ``analysis.hessian=true`` during
 training. Results go to the record's ``hessian`` field (``{"before": {...}, "after": {...}}``),
 written atomically; other fields are left as they are.
@@ -21,30 +21,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rmpeft.analysis.hessian import HVP_MODES
 from rmpeft.analysis.sharpness import SPARSE_BACKEND_CHOICES, measure_run
+from rmpeft.deltas.apply import build_delta_run
+from rmpeft.deltas.export import DELTA_DIR, LEGACY_TRAINABLE_FILE, load_trainable
+from rmpeft.deltas.format import META_FILE, open_delta
 from rmpeft.errors import RmpeftError, unknown_choice
 from rmpeft.records import read_record, write_record
+from rmpeft.run import Run, build_run
+
+__all__ = ["PHASES", "TRAINABLE_FILE", "compute", "load_trainable", "main", "parse_args"]
 
 PHASES = ("before", "after", "both")
-TRAINABLE_FILE = "trainable.pt"
-
-
-def load_trainable(path: Path, params: list[torch.Tensor]) -> None:
-    """Copy the tensors saved in ``path`` into ``params`` (same count, shapes, order)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, (list, tuple)) or len(saved) != len(params):
-        n = len(saved) if isinstance(saved, (list, tuple)) else type(saved).__name__
-        raise RmpeftError(f"{path} holds {n} tensors but the rebuilt run has {len(params)} trainable tensors")
-    for i, (p, s) in enumerate(zip(params, saved)):
-        if tuple(p.shape) != tuple(s.shape):
-            raise RmpeftError(f"{path}: tensor {i} has shape {tuple(s.shape)} but the rebuilt run expects "
-                              f"{tuple(p.shape)} (was the config or the code changed since the run?)")
-    with torch.no_grad():
-        for p, s in zip(params, saved):
-            p.copy_(s.to(device=p.device, dtype=p.dtype))
+TRAINABLE_FILE = LEGACY_TRAINABLE_FILE
 
 
 def _config(record: dict[str, Any], args: argparse.Namespace):
@@ -65,24 +54,27 @@ def _config(record: dict[str, Any], args: argparse.Namespace):
 
 def compute(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Measure the requested phases and write them into the run's record; returns the new ``hessian``."""
-    from rmpeft.trainer import build_run
-
     record = read_record(run_dir)
     if record is None:
         raise RmpeftError(f"no run record at {run_dir / 'record.json'}")
     if not isinstance(record.get("config"), dict):
         raise RmpeftError(f"run record {run_dir / 'record.json'} has no resolved config")
     phases = ["before", "after"] if args.phase == "both" else [args.phase]
-    trainable = run_dir / TRAINABLE_FILE
-    if "after" in phases and not trainable.exists():
-        raise RmpeftError(f"{trainable} not found: rerun the training with trainer.save_trainable=true "
-                          f"(or use --phase before)")
+    trainable, delta = run_dir / TRAINABLE_FILE, run_dir / DELTA_DIR
+    has_delta = (delta / META_FILE).is_file()
+    if "after" in phases and not has_delta and not trainable.exists():
+        raise RmpeftError(f"{run_dir} kept no trained state ({DELTA_DIR}/ or {TRAINABLE_FILE}): rerun the training "
+                          f"with trainer.save_delta=always force=true (or use --phase before)")
     cfg = _config(record, args)
     seed = int(cfg.seed) if args.seed is None else int(args.seed)
-    run = build_run(cfg)
+    run: Run | None = None
     hessian = dict(record.get("hessian") or {})
     for phase in phases:
-        if phase == "after":
+        if phase == "after" and has_delta:
+            run = build_delta_run(open_delta(delta), cfg)
+        elif run is None:
+            run = build_run(cfg)
+        if phase == "after" and not has_delta:
             load_trainable(trainable, run.handle.trainable_parameters())
         result = measure_run(run, args.hvp, seed, args.sparse_backend)
         result["source"] = "rmpeft-hessian"
@@ -103,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="rmpeft-hessian",
         description="Largest Hessian eigenvalue of the training loss w.r.t. the trainable parameters of a "
                     "saved run (before and/or after training); written into the run's record.json.")
-    ap.add_argument("run_dir", type=Path, help="a run folder (holds record.json, and trainable.pt for 'after')")
+    ap.add_argument("run_dir", type=Path, help="a run folder (holds record.json, and delta/ for 'after')")
     ap.add_argument("--phase", default="both", help="before | after | both (default %(default)s)")
     ap.add_argument("--iters", type=int, help="power iterations (default: the run's analysis.hessian_iters)")
     ap.add_argument("--tol", type=float, help="relative tolerance (default: the run's analysis.hessian_tol)")

@@ -6,31 +6,23 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from rmpeft.data import Example
+from rmpeft.data.example import Example
 from rmpeft.data.sampling import plan_splits
 from rmpeft.data.sources import load_raw
-from rmpeft.data.synthetic import synthetic_pools
-from rmpeft.data.templates import render
-from rmpeft.errors import unknown_choice
+from rmpeft.data.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-# The paper's 11 tasks, in the order of its tables, plus the offline synthetic task.
-PAPER_TASKS = ("sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc", "copa", "record", "squad", "drop")
-TASK_NAMES = PAPER_TASKS + ("synthetic",)
-KINDS = {"sst2": "classification", "rte": "classification", "cb": "classification", "boolq": "classification",
-         "wsc": "classification", "wic": "classification", "multirc": "classification",
-         "copa": "multiple_choice", "record": "multiple_choice", "squad": "generation", "drop": "generation",
-         "synthetic": "classification"}
+
+def render(task: str, raw: dict[str, Any], index: int | None = None) -> Example:
+    """The :class:`Example` of one raw record; ``index`` (its position in the source split) goes to meta."""
+    ex = get_task(task).template(raw)
+    ex.meta = {"task": task, **({"index": index} if index is not None else {}), **ex.meta}
+    return ex
 
 
 def load_pools(task_cfg: Any) -> dict[str, Sequence[dict]]:
     """The raw official train split (``"train"``) and validation split (``"test"``) of a task."""
-    name = str(task_cfg.get("name"))
-    if name not in TASK_NAMES:
-        raise unknown_choice("task", name, TASK_NAMES)
-    if name == "synthetic":
-        return synthetic_pools(task_cfg)
     return load_raw(task_cfg)
 
 
@@ -40,7 +32,7 @@ def load_splits(task_cfg: Any, data_seed: int) -> dict[str, list[Example]]:
     ``task_cfg`` is a ``conf/task/*.yaml`` config (DictConfig or dict): ``name``, ``source`` or
     ``data_dir``/``files``, ``num_train``, ``num_val``, ``num_test``, ``full_train``.
     """
-    name = str(task_cfg.get("name"))
+    name = get_task(str(task_cfg.get("name"))).name
     pools = load_pools(task_cfg)
     plan = plan_splits(len(pools["train"]), len(pools["test"]),
                        num_train=task_cfg.get("num_train", 1000), num_val=task_cfg.get("num_val", 500),

@@ -1,5 +1,6 @@
 """MeZO's prompt templates and verbalizers (Malladi et al., 2023, ``large_models/templates.py``),
-reimplemented on the raw records of :mod:`rmpeft.data.sources`.
+reimplemented on the raw records of :mod:`rmpeft.data.readers` (one function per task; the task
+registry :mod:`rmpeft.data.tasks` names each task's template).
 
 An :class:`Example` splits MeZO's verbalized text ``template.verbalize(x, c)`` into the prompt
 ``template.encode(x)`` and the continuation that the candidate adds. MeZO strips spaces around the
@@ -12,10 +13,9 @@ where greedy decoding stops) and are scored against every gold answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from rmpeft.data import Example
+from rmpeft.data.example import Example
 
 Raw = dict[str, Any]
 
@@ -118,16 +118,3 @@ def drop(r: Raw) -> Example:
 def synthetic(r: Raw) -> Example:
     # Same verbalizer as SST-2; the sentiment is given away by the cue word (see rmpeft.data.synthetic).
     return _example(f"{r['cue']}. It was", [" terrible", " great"], r["label"])
-
-
-TEMPLATES: dict[str, Callable[[Raw], Example]] = {
-    "sst2": sst2, "rte": rte, "cb": cb, "boolq": boolq, "wsc": wsc, "wic": wic, "multirc": multirc,
-    "copa": copa, "record": record, "squad": squad, "drop": drop, "synthetic": synthetic,
-}
-
-
-def render(task: str, raw: Raw, index: int | None = None) -> Example:
-    """The :class:`Example` of one raw record; ``index`` (its position in the source split) goes to meta."""
-    ex = TEMPLATES[task](raw)
-    ex.meta = {"task": task, **({"index": index} if index is not None else {}), **ex.meta}
-    return ex

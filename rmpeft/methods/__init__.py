@@ -1,23 +1,11 @@
-"""Fine-tuning methods, one module each, registered by name (see ``base.register_method``)."""
+"""Fine-tuning methods, one module each, registered by name (see :mod:`rmpeft.methods.registry`).
 
-import importlib
+Adding a method: a module here that registers it with ``@register_method("name")``, its import below,
+and ``conf/method/<name>.yaml``.
+"""
 
-from rmpeft.methods.base import (
-    METHODS,
-    Method,
-    MethodContext,
-    MethodHandle,
-    get_method,
-    register_method,
-)
-
-# Each entry is imported so that it registers itself. Modules that are not written yet are skipped.
-_METHOD_MODULES = ["full", "masking", "lora", "adalora", "prefix", "adapter", "bitfit"]
-for _name in _METHOD_MODULES:
-    try:
-        importlib.import_module(f"rmpeft.methods.{_name}")
-    except ModuleNotFoundError as _e:  # pragma: no cover - only while a method module is absent
-        if _e.name != f"rmpeft.methods.{_name}":
-            raise
+from rmpeft.methods import adalora, adapter, bitfit, full, lora, masking, none, prefix  # noqa: F401  (they register)
+from rmpeft.methods.base import Method, MethodContext, MethodHandle
+from rmpeft.methods.registry import METHODS, get_method, register_method
 
 __all__ = ["METHODS", "Method", "MethodContext", "MethodHandle", "get_method", "register_method"]

@@ -5,16 +5,20 @@ each optimizer step :meth:`AdaLoRAHandle.on_optimizer_step` calls peft's ``updat
 which scores every singular value by sensitivity and prunes the least important ones until the
 average rank reaches ``target_r`` (cubic budget schedule between ``tinit`` and ``total_step - tfinal``).
 The schedule is set from the run's real number of optimizer steps (``MethodContext.total_steps``).
+``method.reallocate=false`` never reallocates (every module keeps rank ``init_r``): AdaLoRA as the
+released code ran it, together with ``orth_reg_weight=0`` (no penalty: it returns None at weight 0).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from rmpeft.deltas.format import Delta
 from rmpeft.errors import RmpeftError
 from rmpeft.methods.base import (
     Method,
@@ -22,8 +26,10 @@ from rmpeft.methods.base import (
     MethodHandle,
     find_modules,
     module_names,
-    register_method,
 )
+from rmpeft.methods.peft_delta import export_peft, load_peft, merge_peft
+from rmpeft.methods.registry import register_method
+from rmpeft.validation import Float, Int, MODULES, Spec
 
 
 def adalora_schedule(total_steps: int, tinit_fraction: float, tfinal_fraction: float) -> tuple[int, int]:
@@ -45,9 +51,12 @@ class AdaLoRAHandle(MethodHandle):
     # peft's AdaLoraModel, kept apart from `model` because the trainer may wrap `model` (e.g. in DDP).
     tuner: Any = field(default=None, repr=False)
 
+    reallocate: bool = True   # false: ranks stay at init_r (method.reallocate)
+
     def on_optimizer_step(self, step: int) -> None:
         # Needs the gradients of this step: the trainer calls it after optimizer.step(), before zero_grad().
-        self.tuner.update_and_allocate(step)
+        if self.reallocate:
+            self.tuner.update_and_allocate(step)
 
     def ranks(self) -> dict[str, int]:
         """Current rank (unpruned singular values) of every adapted module, by module name."""
@@ -63,13 +72,15 @@ class AdaLoRAHandle(MethodHandle):
             ranks[module] = int(sum(bool(b) for b in pattern[key])) if key else int(cfg.init_r)
         return ranks
 
-    def regularization_loss(self) -> torch.Tensor:
+    def regularization_loss(self) -> torch.Tensor | None:
         """AdaLoRA's orthogonality penalty on P and Q, times ``orth_reg_weight``.
 
         peft adds it inside ``forward`` only when the model computes the loss itself (``labels=``);
         a loop that computes its loss from the logits adds this term to stay faithful to AdaLoRA.
         """
         cfg = self.tuner.peft_config[self.tuner.trainable_adapter_name]
+        if not float(cfg.orth_reg_weight):
+            return None
         terms = []
         for name, p in self.tuner.model.named_parameters():
             if ("lora_A" in name or "lora_B" in name) and self.tuner.trainable_adapter_name in name:
@@ -88,6 +99,11 @@ class AdaLoRAHandle(MethodHandle):
 @register_method("adalora")
 class AdaLoRA(Method):
     """peft's AdaLoRA on ``cfg.target_modules`` with the budget schedule derived from the run length."""
+
+    config_fields = {"init_r": Int(1), "target_r": Int(1), "alpha": Float(0, low_open=True), "dropout": Float(0, 1),
+                     "tinit_fraction": Float(0, 1), "tfinal_fraction": Float(0, 1), "deltaT": Int(1),
+                     "beta1": Float(0, 1), "beta2": Float(0, 1), "orth_reg_weight": Float(0), "target_modules": MODULES,
+                     "reallocate": Spec("bool", required=False)}
 
     def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MethodHandle:
         from peft import AdaLoraConfig, TaskType, get_peft_model
@@ -128,6 +144,20 @@ class AdaLoRA(Method):
         for name, p in peft_model.named_parameters():
             if ".ranknum." in name:
                 p.requires_grad_(False)
+        reallocate = bool(cfg.get("reallocate", True))
         extra = {"init_r": init_r, "target_r": target_r, "total_step": total, "tinit": tinit, "tfinal": tfinal,
-                 "target_modules": targets}
-        return AdaLoRAHandle(model=peft_model, name=self.name, extra=extra, tuner=peft_model.base_model)
+                 "target_modules": targets, "reallocate": reallocate}
+        return AdaLoRAHandle(model=peft_model, name=self.name, extra=extra, tuner=peft_model.base_model,
+                             reallocate=reallocate)
+
+    def export_delta(self, handle: MethodHandle, folder: Path) -> dict[str, Any]:
+        return export_peft(handle.model, folder)
+
+    def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MethodHandle:
+        peft_model = load_peft(model, delta)
+        extra = {k: v for k, v in (delta.meta.get("method_state") or {}).items() if k not in ("ranks", "rank_total")}
+        return AdaLoRAHandle(model=peft_model, name=self.name, extra=extra, tuner=peft_model.base_model,
+                             reallocate=False)
+
+    def merged_model(self, handle: MethodHandle) -> nn.Module:
+        return merge_peft(handle.model)

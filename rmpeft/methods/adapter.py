@@ -29,8 +29,9 @@ from rmpeft.methods.base import (
     find_modules,
     freeze_all,
     module_names,
-    register_method,
 )
+from rmpeft.methods.registry import register_method
+from rmpeft.validation import Choice, Int, MODULES
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -79,6 +80,9 @@ def add_adapters(model: nn.Module, targets: list[str], bottleneck: int, activati
 @register_method("adapter")
 class HoulsbyAdapter(Method):
     """Freeze the model and train bottleneck adapters after ``cfg.target_modules``."""
+
+    config_fields = {"bottleneck": Int(1), "activation": Choice(*ACTIVATIONS), "target_modules": MODULES}
+    mergeable = False    # the adapter adds a nonlinear branch, not a weight update
 
     def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MethodHandle:
         targets = module_names(cfg.target_modules)

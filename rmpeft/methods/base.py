@@ -1,24 +1,28 @@
-"""The interface every fine-tuning method implements, and the registry that maps names to methods.
+"""The interface every fine-tuning method implements, and helpers the methods share.
 
 A method turns a loaded (frozen or not) causal LM into a trainable one. It is called once per run:
 
     handle = get_method(cfg.method.name).apply(model, cfg.method, ctx)
 
 and returns a :class:`MethodHandle` that the trainer uses for the optimizer, per-step hooks and the
-run record. Each method lives in its own module under ``rmpeft/methods/`` and registers itself with
-``@register_method("name")``.
+run record. What the trainer must know before applying it (e.g. the dtype to load weights in) is a
+:class:`Method` attribute. Each method lives in its own module under ``rmpeft/methods/`` and registers
+itself with ``@register_method("name")`` (:mod:`rmpeft.methods.registry`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.deltas.format import Delta, write_tensors
+from rmpeft.errors import RmpeftError
+from rmpeft.validation import Spec
 
 
 @dataclass
@@ -69,32 +73,65 @@ class Method:
     """Base class of fine-tuning methods. Subclasses implement :meth:`apply`."""
 
     name: str = ""
+    # Load the base weights in fp32 whatever `trainer.precision` says (mixed precision then runs under
+    # autocast): methods that update the pretrained weights themselves need fp32 master weights.
+    keeps_fp32_weights: bool = False
+    # The method's own config fields (``method.<field>``), checked before anything runs.
+    config_fields: dict[str, Spec] = {}
+    # Right after `apply`, the model computes the same outputs as before (zero-initialised updates).
+    output_unchanged_at_init: bool = True
+    # The method trains parameters. False (zero-shot evaluation): the run leaves every parameter as it
+    # is, takes no optimizer step and only evaluates.
+    trains: bool = True
+
+    # The trained update is small enough to keep with every run (``trainer.save_delta=auto``).
+    small_delta: bool = True
+    # The update can be merged into the base weights as a plain checkpoint (``rmpeft-merge``).
+    mergeable: bool = True
 
     def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MethodHandle:
         raise NotImplementedError
 
+    def export_delta(self, handle: MethodHandle, folder: Path) -> dict[str, Any]:
+        """Write the trained update of ``handle`` (an unwrapped model) into the delta ``folder``; return
+        facts for ``delta.json``. Default: every trainable parameter, by name, in ``delta.safetensors``."""
+        write_tensors(folder, trainable_by_name(handle.model), self.name)
+        return {"layout": "named_parameters"}
 
-METHODS: dict[str, Callable[[], Method]] = {}
+    def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MethodHandle:
+        """``model`` with the trained update of ``delta``. Default: :meth:`apply` with the delta's
+        method config, then its tensors loaded by parameter name."""
+        handle = self.apply(model, OmegaConf.create(delta.method_config), ctx)
+        load_by_name(handle.model, delta.tensors(), str(delta.path))
+        return handle
+
+    def merged_model(self, handle: MethodHandle) -> nn.Module:
+        """A plain model (no rmpeft or peft module) computing what ``handle.model`` computes.
+        Default: the model itself (the method changed parameters in place)."""
+        if not self.mergeable:
+            raise RmpeftError(f"{self.name} deltas cannot be merged into the base weights (the method adds "
+                              "computation, not a weight update); evaluate them with rmpeft-eval instead")
+        return handle.model
 
 
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: make a method available under ``method.name=<name>``."""
-
-    def deco(cls: type[Method]) -> type[Method]:
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-
-    return deco
+def trainable_by_name(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters of ``model`` by qualified name."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def get_method(name: str) -> Method:
-    """Instantiate the registered method ``name`` (one line error listing the valid ones otherwise)."""
-    from rmpeft import methods  # noqa: F401  (imports every method module so they register)
-
-    if name not in METHODS:
-        raise unknown_choice("method", name, METHODS)
-    return METHODS[name]()
+def load_by_name(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Replace the trainable parameters of ``model`` by ``tensors`` (same names and shapes; the saved
+    dtype is kept, as trained)."""
+    params = trainable_by_name(model)
+    if set(params) != set(tensors):
+        odd = sorted(set(params) ^ set(tensors))
+        raise RmpeftError(f"delta {where} does not fit the model: parameter names differ ({', '.join(odd[:3])}"
+                          f"{', ...' if len(odd) > 3 else ''})")
+    for name, p in params.items():
+        if tuple(p.shape) != tuple(tensors[name].shape):
+            raise RmpeftError(f"delta {where}: {name} has shape {tuple(tensors[name].shape)}, the model "
+                              f"expects {tuple(p.shape)}")
+        p.data = tensors[name].to(p.device)
 
 
 def freeze_all(model: nn.Module) -> None:
@@ -120,8 +157,6 @@ def find_modules(model: nn.Module, suffixes: list[str] | tuple[str, ...], kind: 
     missing = [s for s in suffixes if s not in matched]
     if missing:
         existing = sorted({q.rsplit(".", 1)[-1] for q, m in model.named_modules() if isinstance(m, kind) and q})
-        from rmpeft.errors import RmpeftError
-
         raise RmpeftError(
             f"target module(s) {missing} not found in the model; {kind.__name__} modules that exist: "
             + ", ".join(existing)

@@ -1,7 +1,8 @@
 """BitFit (Zaken et al., 2021): train only the bias vectors of the linear layers.
 
-Layer-norm biases stay frozen: the paper's printed BitFit share (e.g. 0.066% of OPT-125m) is exactly
-the linear-layer biases.
+Layer-norm biases stay frozen by default: the paper's printed BitFit share (e.g. 0.066% of OPT-125m) is
+exactly the linear-layer biases. ``method.layer_norm_biases=true`` trains them too, as the released
+code does.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from rmpeft.methods.base import (
     find_modules,
     freeze_all,
     module_names,
-    register_method,
 )
+from rmpeft.methods.registry import register_method
+from rmpeft.validation import Spec
 
 
 @register_method("bitfit")
 class BitFit(Method):
     """Freeze everything except the biases of ``cfg.target_modules`` (null: every ``nn.Linear``)."""
+
+    config_fields = {"target_modules": Spec("any", nullable=True),
+                     "layer_norm_biases": Spec("bool", required=False)}
 
     def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MethodHandle:
         targets = cfg.get("target_modules")
@@ -39,5 +44,9 @@ class BitFit(Method):
                               "(e.g. Llama models have none); choose another method.target_modules or method")
         for m in with_bias:
             m.bias.requires_grad_(True)
-        extra = {"bias_vectors": len(with_bias)}
+        norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm) and m.bias is not None] \
+            if cfg.get("layer_norm_biases", False) else []
+        for m in norms:
+            m.bias.requires_grad_(True)
+        extra = {"bias_vectors": len(with_bias), "layer_norm_biases": len(norms)}
         return MethodHandle(model=model, name=self.name, extra=extra)

@@ -5,23 +5,29 @@ The paper's setting: r=8, alpha=16, no dropout, on ``q_proj`` and ``v_proj`` of 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from rmpeft.deltas.format import Delta
 from rmpeft.methods.base import (
     Method,
     MethodContext,
     MethodHandle,
     find_modules,
     module_names,
-    register_method,
 )
+from rmpeft.methods.peft_delta import export_peft, load_peft, merge_peft
+from rmpeft.methods.registry import register_method
+from rmpeft.validation import Float, Int, MODULES
 
 
 @register_method("lora")
 class LoRA(Method):
     """peft's LoRA on ``cfg.target_modules``; the base model is frozen."""
+
+    config_fields = {"r": Int(1), "alpha": Float(0, low_open=True), "dropout": Float(0, 1), "target_modules": MODULES}
 
     def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MethodHandle:
         from peft import LoraConfig, TaskType, get_peft_model
@@ -29,7 +35,8 @@ class LoRA(Method):
         targets = module_names(cfg.target_modules)
         find_modules(model, targets)  # one-line error naming the modules that exist
         config = LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
+            # a model that cannot generate (an image classifier) gets peft's plain wrapper
+            task_type=TaskType.CAUSAL_LM if hasattr(model, "generate") else None,
             r=int(cfg.r),
             lora_alpha=float(cfg.alpha),
             lora_dropout=float(cfg.dropout),
@@ -39,3 +46,12 @@ class LoRA(Method):
         peft_model = get_peft_model(model, config)
         extra = {"r": int(cfg.r), "alpha": float(cfg.alpha), "target_modules": targets}
         return MethodHandle(model=peft_model, name=self.name, extra=extra)
+
+    def export_delta(self, handle: MethodHandle, folder: Path) -> dict[str, Any]:
+        return export_peft(handle.model, folder)
+
+    def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MethodHandle:
+        return MethodHandle(model=load_peft(model, delta), name=self.name, extra=dict(delta.meta.get("method_state") or {}))
+
+    def merged_model(self, handle: MethodHandle) -> nn.Module:
+        return merge_peft(handle.model)

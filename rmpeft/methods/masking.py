@@ -6,8 +6,10 @@
 * ``masking``: the ``k`` entries are drawn uniformly without replacement from the union of the target
   matrices' entries (an exact hypergeometric split over the matrices, then uniform positions inside
   each), from the mask seed. They are stored as compact values plus positions (:class:`MaskedLinear`).
-* ``structured_masking``: whole columns of the same matrices (see :func:`select_columns` for the
-  rounding to columns).
+* ``structured_masking``: columns of the same matrices. ``method.layout=pooled``: whole columns pooled
+  over all target matrices (see :func:`select_columns` for the rounding to columns);
+  ``per_matrix`` (the released code's layout): the same share of every matrix, its columns filled one
+  after another, the last one partial (see :func:`per_matrix_positions`).
 
 The mask seed is ``method.mask_seed`` or, when null, the run seed + ``MASK_SEED_OFFSET``. Trainable
 values are deltas added to the frozen weights and start at zero, so their norm is the distance of the
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from rmpeft.deltas.format import Delta
 from rmpeft.errors import RmpeftError, unknown_choice
 from rmpeft.methods.base import (
     Method,
@@ -31,24 +35,28 @@ from rmpeft.methods.base import (
     find_modules,
     freeze_all,
     module_names,
-    register_method,
 )
+from rmpeft.methods.masking_delta import apply_masked, export_masked, merge_masked
+from rmpeft.methods.registry import register_method
+from rmpeft.validation import BOOL, Choice, Float, Int, MODULES, Spec
 from rmpeft.models import count_parameters
-from rmpeft.sparse import autotune
-from rmpeft.sparse.auto import resolve_auto
-from rmpeft.sparse.base import BACKEND_NAMES, SparseBackend, backends, get_backend
-from rmpeft.sparse.layers import ColumnMaskedLinear, MaskedLinear, patch
-from rmpeft.sparse.sampling import (
+from rmpeft.sparse import (
+    BACKEND_NAMES,
+    ColumnMaskedLinear,
+    MaskedLinear,
     column_order,
     index_dtype,
+    patch,
     sample_positions,
+    select_backend,
     split_count,
+    strategy_decisions,
     take_columns,
 )
-from rmpeft.sparse.torch_backend import TorchBackend
 
 MASK_SEED_OFFSET = 1000          # mask seed = run seed + this, unless method.mask_seed is set
 COLUMN_ORDERS = ("random", "head")
+LAYOUTS = ("pooled", "per_matrix")
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -102,7 +110,7 @@ class MaskingHandle(MethodHandle):
     def state_for_record(self) -> dict[str, Any]:
         state = dict(self.extra)
         if state.get("backend") == "torch":
-            state["strategies"] = {k: v for k, v in autotune.decisions().items() if k.startswith("torch/")}
+            state["strategies"] = {k: v for k, v in strategy_decisions().items() if k.startswith("torch/")}
         return state
 
 
@@ -119,28 +127,12 @@ def _common(model: nn.Module, cfg: Any, ctx: MethodContext):
     return targets, sizes, k, facts
 
 
-def _backend(cfg: Any, device: torch.device, shapes: list[tuple[int, int]], counts: list[int],
-             dtype: torch.dtype) -> tuple[SparseBackend, dict[str, Any]]:
-    requested = str(_get(cfg, "backend", "auto"))
-    if requested not in BACKEND_NAMES:
-        raise unknown_choice("method.backend", requested, BACKEND_NAMES)
-    facts: dict[str, Any] = {"backend_requested": requested}
-    name = requested
-    if requested == "auto":
-        name, timings = resolve_auto(device, shapes, counts, dtype)
-        if timings:
-            facts["backend_timings_s"] = timings
-    facts["backend"] = name
-    if name == "torch":
-        return TorchBackend(autotune=bool(_get(cfg, "autotune", True))), facts
-    if device.type == "meta":  # counting parameters only: nothing will run
-        return backends()[name], facts
-    return get_backend(name, device), facts
-
-
 @register_method("masking")
 class RandomMasking(Method):
     """Uniformly random trainable entries of the target matrices."""
+
+    config_fields = {"ratio": Float(0, 1, low_open=True), "target_modules": MODULES,
+                     "backend": Choice(*BACKEND_NAMES), "autotune": BOOL, "mask_seed": Int(0, nullable=True)}
 
     def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MaskingHandle:
         targets, sizes, k, facts = _common(model, cfg, ctx)
@@ -150,7 +142,9 @@ class RandomMasking(Method):
         # The backend is chosen for the device the model will train on: weights loaded on the CPU are
         # often moved to the GPU only after the method is applied.
         device = first.device if first.device.type != "cpu" else torch.device(ctx.device)
-        backend, backend_facts = _backend(cfg, device, shapes, [c for c in counts if c], first.dtype)
+        backend, backend_facts = select_backend(str(_get(cfg, "backend", "auto")), device, shapes,
+                                                [c for c in counts if c], first.dtype,
+                                                autotune=bool(_get(cfg, "autotune", True)))
         on_meta = first.device.type == "meta"
         gen = torch.Generator().manual_seed(facts["mask_seed"])
         layers: dict[str, nn.Module] = {}
@@ -166,6 +160,17 @@ class RandomMasking(Method):
         facts.update(backend_facts, trainable=sum(counts), density=k / sum(sizes),
                      per_module=dict(zip(targets, counts)))
         return MaskingHandle(model=model, name=self.name, extra=facts, layers=layers)
+
+    def export_delta(self, handle: MaskingHandle, folder: Path) -> dict[str, Any]:
+        return export_masked(handle.layers, folder, self.name, handle.extra.get("backend"))
+
+    def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MaskingHandle:
+        layers = apply_masked(model, delta, ctx)
+        return MaskingHandle(model=model, name=self.name, extra=dict(delta.meta.get("method_state") or {}),
+                             layers=layers)
+
+    def merged_model(self, handle: MethodHandle) -> nn.Module:
+        return merge_masked(handle.model)
 
 
 def select_columns(widths: list[int], heights: list[int], k: int, order: str, seed: int) -> list[list[int]]:
@@ -186,13 +191,74 @@ def select_columns(widths: list[int], heights: list[int], k: int, order: str, se
     return [sorted(c) for c in per_matrix]
 
 
+def per_matrix_count(ratio: float, total_params: int, size: int, capacity: int) -> int:
+    """Trainable entries of one matrix in the ``per_matrix`` layout: ``floor(ratio * total * size /
+    capacity)``, the released code's ``int(size * (1 - true_masking_prob))`` (a tiny tolerance absorbs
+    float error in the product)."""
+    return min(size, math.floor(ratio * total_params * size / capacity + 1e-9))
+
+
+def per_matrix_positions(height: int, width: int, count: int, order: str, generator: torch.Generator) -> torch.Tensor:
+    """Flat (row-major) positions of ``count`` entries of a ``height x width`` weight: its columns in
+    ``order`` (``head``: 0, 1, ...; ``random``: a permutation from ``generator``), each filled top to
+    bottom, the last one partial (its leading rows). Sorted, compact dtype."""
+    if order not in COLUMN_ORDERS:
+        raise unknown_choice("method.column_order", order, COLUMN_ORDERS)
+    full, rest = divmod(count, height)
+    cols = torch.arange(width) if order == "head" else torch.randperm(width, generator=generator)
+    rows = torch.arange(height)
+    parts = [(rows[:, None] * width + cols[None, :full]).reshape(-1)]
+    if rest:
+        parts.append(rows[:rest] * width + cols[full])
+    return torch.cat(parts).sort().values.to(index_dtype(height * width))
+
+
+def _per_matrix_layers(targets: dict[str, nn.Linear], cfg: Any, facts: dict[str, Any], order: str,
+                       ctx: MethodContext) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """MaskedLinear wrappers holding the ``per_matrix`` entries of every target matrix."""
+    sizes = [m.weight.numel() for m in targets.values()]
+    counts = [per_matrix_count(facts["ratio"], facts["total_params"], n, facts["target_params"]) for n in sizes]
+    if not any(counts):
+        raise RmpeftError(f"method.ratio={facts['ratio']} gives no trainable entry per matrix in "
+                          "method.layout=per_matrix; raise the ratio or use method.layout=pooled")
+    first = next(iter(targets.values())).weight
+    device = first.device if first.device.type != "cpu" else torch.device(ctx.device)
+    backend, backend_facts = select_backend("auto", device, [tuple(m.weight.shape) for m in targets.values()],
+                                            [c for c in counts if c], first.dtype)
+    gen = torch.Generator().manual_seed(facts["mask_seed"])
+    layers: dict[str, nn.Module] = {}
+    for (qname, lin), size, count in zip(targets.items(), sizes, counts):
+        if count == 0:
+            continue
+        if first.device.type == "meta":
+            index = torch.empty(count, dtype=index_dtype(size), device="meta")
+        else:
+            index = per_matrix_positions(lin.out_features, lin.in_features, count, order, gen)
+        layers[qname] = MaskedLinear(lin, index, backend)
+    cols = {q: math.ceil(c / lin.out_features) for (q, lin), c in zip(targets.items(), counts)}
+    return layers, {**backend_facts, "trainable": sum(counts), "columns": sum(cols.values()),
+                    "per_module": dict(zip(targets, counts))}
+
+
 @register_method("structured_masking")
 class StructuredMasking(Method):
-    """Whole trainable columns of the target matrices."""
+    """Trainable columns of the target matrices (``layout``: pooled whole columns or per matrix)."""
+
+    config_fields = {"ratio": Float(0, 1, low_open=True), "target_modules": MODULES,
+                     "layout": Spec("choice", choices=LAYOUTS, required=False),
+                     "column_order": Choice(*COLUMN_ORDERS), "mask_seed": Int(0, nullable=True)}
 
     def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MaskingHandle:
         targets, sizes, k, facts = _common(model, cfg, ctx)
         order = str(_get(cfg, "column_order", "random"))
+        layout = str(_get(cfg, "layout", "pooled"))
+        if layout not in LAYOUTS:
+            raise unknown_choice("method.layout", layout, LAYOUTS)
+        if layout == "per_matrix":
+            layers, more = _per_matrix_layers(targets, cfg, facts, order, ctx)
+            patch(model, layers)
+            facts.update(more, layout=layout, column_order=order)
+            return MaskingHandle(model=model, name=self.name, extra=facts, layers=layers)
         widths = [m.in_features for m in targets.values()]
         heights = [m.out_features for m in targets.values()]
         columns = select_columns(widths, heights, k, order, facts["mask_seed"])
@@ -202,6 +268,17 @@ class StructuredMasking(Method):
                 layers[qname] = ColumnMaskedLinear(lin, torch.tensor(cols, dtype=torch.int32))
         patch(model, layers)
         trainable = sum(h * len(c) for h, c in zip(heights, columns))
-        facts.update(backend="columns", column_order=order, trainable=trainable, columns=sum(map(len, columns)),
+        facts.update(backend="columns", layout=layout, column_order=order, trainable=trainable, columns=sum(map(len, columns)),
                      per_module={q: len(c) for q, c in zip(targets, columns)})
         return MaskingHandle(model=model, name=self.name, extra=facts, layers=layers)
+
+    def export_delta(self, handle: MaskingHandle, folder: Path) -> dict[str, Any]:
+        return export_masked(handle.layers, folder, self.name, handle.extra.get("backend"))
+
+    def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MaskingHandle:
+        layers = apply_masked(model, delta, ctx)
+        return MaskingHandle(model=model, name=self.name, extra=dict(delta.meta.get("method_state") or {}),
+                             layers=layers)
+
+    def merged_model(self, handle: MethodHandle) -> nn.Module:
+        return merge_masked(handle.model)

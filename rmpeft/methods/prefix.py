@@ -11,13 +11,18 @@ initialisation is ours: peft draws the prefix at random, so we overwrite its tab
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from rmpeft.deltas.format import Delta
 from rmpeft.errors import RmpeftError
-from rmpeft.methods.base import Method, MethodContext, MethodHandle, register_method
+from rmpeft.methods.base import Method, MethodContext, MethodHandle
+from rmpeft.methods.peft_delta import export_peft, load_peft
+from rmpeft.methods.registry import register_method
+from rmpeft.validation import Int
 
 
 def real_word_ids(vocab_size: int, count: int, seed: int, tokenizer: Any = None) -> list[int]:
@@ -61,6 +66,11 @@ def prefix_table(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
 class PrefixTuning(Method):
     """peft prefix tuning without reparameterisation, keys/values initialised from real words."""
 
+    config_fields = {"num_virtual_tokens": Int(1)}
+
+    mergeable = False                   # the prefix adds attention inputs, not a weight update
+    output_unchanged_at_init = False    # the prefix's keys and values are attended to from the start
+
     def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MethodHandle:
         from peft import PrefixTuningConfig, TaskType, get_peft_model
 
@@ -81,3 +91,9 @@ class PrefixTuning(Method):
                 weight.copy_(table.to(weight.dtype))
         extra = {"num_virtual_tokens": n, "init_token_ids": ids}
         return MethodHandle(model=peft_model, name=self.name, extra=extra)
+
+    def export_delta(self, handle: MethodHandle, folder: Path) -> dict[str, Any]:
+        return export_peft(handle.model, folder)
+
+    def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MethodHandle:
+        return MethodHandle(model=load_peft(model, delta), name=self.name, extra=dict(delta.meta.get("method_state") or {}))

@@ -1,4 +1,4 @@
-"""The sparse-update backend interface and its registry.
+"""The sparse-update backend interface (the registry of concrete backends is :mod:`rmpeft.sparse.registry`).
 
 A backend computes ``y = x @ (W + S).T + b`` where ``W`` is a frozen dense weight and ``S`` a sparse
 matrix given by compact ``values`` at flat row-major positions ``index`` (``row * in + col``), with
@@ -11,10 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from rmpeft.errors import RmpeftError, unknown_choice
-
-BACKEND_NAMES = ("auto", "torch", "spops", "triton", "dense")
 
 
 class SparseBackend:
@@ -45,44 +41,3 @@ def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return weight.dtype
-
-
-def _registry() -> dict[str, SparseBackend]:
-    from rmpeft.sparse.dense import DenseBackend
-    from rmpeft.sparse.spops_backend import SpopsBackend
-    from rmpeft.sparse.torch_backend import TorchBackend
-    from rmpeft.sparse.triton_backend import TritonBackend
-
-    return {"torch": TorchBackend(), "spops": SpopsBackend(), "triton": TritonBackend(), "dense": DenseBackend()}
-
-
-_BACKENDS: dict[str, SparseBackend] | None = None
-
-
-def backends() -> dict[str, SparseBackend]:
-    """Every concrete backend by name (available or not)."""
-    global _BACKENDS
-    if _BACKENDS is None:
-        _BACKENDS = _registry()
-    return _BACKENDS
-
-
-def available_backends(device: torch.device | str) -> list[str]:
-    """Names of the concrete backends that run on ``device``."""
-    device = torch.device(device)
-    return [n for n, b in backends().items() if b.unavailable_reason(device) is None]
-
-
-def get_backend(name: str, device: torch.device | str) -> SparseBackend:
-    """The backend ``name`` for ``device``; a one-line error when it is unknown or cannot run there."""
-    device = torch.device(device)
-    if name not in BACKEND_NAMES:
-        raise unknown_choice("method.backend", name, BACKEND_NAMES)
-    if name == "auto":
-        raise ValueError("resolve 'auto' with rmpeft.sparse.auto.resolve_auto")
-    backend = backends()[name]
-    reason = backend.unavailable_reason(device)
-    if reason is not None:
-        raise RmpeftError(f"method.backend '{name}' cannot run on {device.type}: {reason}; "
-                          f"available here: {', '.join(available_backends(device))}")
-    return backend

@@ -15,7 +15,8 @@ import torch
 
 from rmpeft.sparse.base import SparseBackend
 from rmpeft.sparse.merged import merged_sddmm_linear
-from rmpeft.sparse.torch_backend import TorchBackend, crow_indices, rows_cols
+from rmpeft.sparse.indexing import crow_indices, rows_cols
+from rmpeft.sparse.torch_backend import TorchBackend
 
 INT16_MAX = 32767
 

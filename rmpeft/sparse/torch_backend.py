@@ -1,6 +1,6 @@
 """Pure-PyTorch sparse backend (CPU and CUDA).
 
-Forward and the input gradient each pick, by measurement (:mod:`rmpeft.sparse.autotune`), one of
+Forward and the input gradient each pick, by measurement (:mod:`rmpeft.sparse.strategy_tuning`), one of
 
 * ``inplace``: add the values into ``W`` at their positions, one dense product, then write the saved
   original entries back (an exact copy of their bits, so ``W`` is bit-identical afterwards). Costs
@@ -25,63 +25,20 @@ frozen model's plus the values. The values' gradient is a sampled dense-dense pr
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from rmpeft.sparse import autotune
+from rmpeft.sparse import strategy_tuning
 from rmpeft.sparse.base import SparseBackend, compute_dtype
+from rmpeft.sparse.indexing import can_patch_in_place, crow_indices, rows_cols, weight_with_delta
 
 FORWARD_STRATEGIES = ("inplace", "merged", "split")
 SDDMM_STRATEGIES = ("sampled_addmm", "gather", "tiles")
 _CHUNK_ELEMENTS = 1 << 22          # gather / tiles temporaries stay below this many elements
-
-
-def rows_cols(index: torch.Tensor, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column of each flat row-major position (same integer dtype as ``index``)."""
-    rows = torch.div(index, in_features, rounding_mode="floor")
-    return rows, index - rows * in_features
-
-
-def crow_indices(rows: torch.Tensor, out_features: int) -> torch.Tensor:
-    """CSR row offsets of sorted row indices, in the rows' dtype."""
-    crow = torch.zeros(out_features + 1, dtype=torch.int64, device=rows.device)
-    crow[1:] = torch.bincount(rows.long(), minlength=out_features).cumsum(0)
-    return crow.to(rows.dtype)
-
-
-def merged_weight(weight: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
-                  dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A fresh ``W + S`` in ``dtype`` (``weight`` itself is never modified)."""
-    dtype = dtype or weight.dtype
-    merged = weight.to(dtype, copy=True)
-    merged.view(-1).index_add_(0, index, values.to(dtype))
-    return merged
-
-
-def can_patch_in_place(weight: torch.Tensor, dtype: torch.dtype) -> bool:
-    return weight.dtype == dtype and weight.is_contiguous()
-
-
-@contextmanager
-def weight_with_delta(weight: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
-                      dtype: torch.dtype, in_place: bool) -> Iterator[torch.Tensor]:
-    """``W + S`` for the duration of the block: ``W`` itself, patched and restored bit for bit
-    (``in_place``, when :func:`can_patch_in_place`), or a fresh merged copy."""
-    if not (in_place and can_patch_in_place(weight, dtype)):
-        yield merged_weight(weight, values, index, dtype)
-        return
-    flat = weight.data.view(-1)            # .data: its own version counter, invisible to autograd
-    original = flat[index]                 # a copy of the nnz entries about to change
-    try:
-        flat.index_add_(0, index, values.to(dtype))
-        yield weight
-    finally:
-        flat[index] = original             # the exact original bits, whatever the arithmetic did
 
 
 def _sparse_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -200,8 +157,8 @@ class _Choice:
     def __init__(self, backend: "TorchBackend", weight: torch.Tensor, nnz: int, tokens: int,
                  dtype: torch.dtype) -> None:
         self.backend, self.weight, self.nnz, self.tokens, self.dtype = backend, weight, nnz, tokens, dtype
-        self.key = (f"{weight.shape[0]}x{weight.shape[1]}", f"nnz<={autotune.bucket(nnz)}",
-                    f"tokens<={autotune.bucket(tokens)}", str(dtype).split(".")[-1], weight.device.type)
+        self.key = (f"{weight.shape[0]}x{weight.shape[1]}", f"nnz<={strategy_tuning.bucket(nnz)}",
+                    f"tokens<={strategy_tuning.bucket(tokens)}", str(dtype).split(".")[-1], weight.device.type)
         # `inplace` does what `merged` does without the copy of W, so only one of them is a candidate
         # (a short timing loop with W in cache would under-price the copy).
         self.patch_candidates = ("inplace" if can_patch_in_place(weight, dtype) else "merged", "split")
@@ -211,7 +168,7 @@ class _Choice:
             return setting
         if not self.backend.autotune:
             return rule(self.weight, self.dtype, self.nnz, self.tokens)
-        return autotune.choose(("torch", what, *self.key), candidates(), self.weight.device)
+        return strategy_tuning.choose(("torch", what, *self.key), candidates(), self.weight.device)
 
 
 class _MaskedLinearFn(torch.autograd.Function):

@@ -16,7 +16,7 @@ import torch
 
 from rmpeft.sparse.base import SparseBackend
 from rmpeft.sparse.merged import merged_sddmm_linear
-from rmpeft.sparse.torch_backend import rows_cols, weight_with_delta
+from rmpeft.sparse.indexing import rows_cols, weight_with_delta
 
 try:
     import triton  # type: ignore[import-not-found]

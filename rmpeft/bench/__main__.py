@@ -1,0 +1,7 @@
+"""``python -m rmpeft.bench``: the same as ``rmpeft-bench``."""
+
+import sys
+
+from rmpeft.bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,224 @@
+"""``rmpeft-bench``: per-step time and memory of masked fine-tuning against the frozen-model floor.
+
+One process, one random model and one batch. Each row attaches a method to the model, runs a few
+AdamW training steps (forward, backward, optimizer step) and takes the method off again:
+
+* ``floor``: no trainable parameter; backward through the activations down to the first layer;
+* ``masking`` at 10%, 1%, 0.1%, 0.01%, 0.001% for every available sparse backend and ``dense``;
+* ``structured_masking`` at 0.1%; ``lora`` (r=8, alpha=16, q_proj/v_proj); ``ft`` (every parameter).
+
+It prints a table (or, with ``--json``, a list of rows) with the median step time, its ratio to the
+floor, peak memory, trainable entries and the trainable state in bytes (values, gradients, optimizer
+moments and step counters, mask positions), then checks the targets of the sparse engine.
+
+    rmpeft-bench --small          # seconds on CPU
+    rmpeft-bench                  # OPT-125m-shaped model, batch 8 x 128, on the available device
+    rmpeft-bench --e2e            # whole-run scoring throughput, flat vs shared prompt (SmolLM2 shape)
+
+``--e2e`` runs :mod:`rmpeft.bench.e2e` instead: training and evaluation examples/s of FT, LoRA and
+Random Masking with flat and shared-prompt candidate scoring, and the memory of scoring one
+ReCoRD-shaped example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from rmpeft.bench.e2e import check_e2e_targets, e2e_table, memory_rows, memory_table, run_e2e
+from rmpeft.bench.report import check_targets, table
+from rmpeft.bench.steps import CLOCKS, Memory, Row, run_row
+from rmpeft.bench.workload import DTYPES, TARGETS, build_model, make_batch, model_choices
+from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.models import count_parameters
+from rmpeft.sparse import available_backends, reset_strategy_decisions, strategy_decisions
+
+MASKING_RATIOS = (0.1, 0.01, 0.001, 0.0001, 0.00001)
+STRUCTURED_RATIO = 0.001
+
+
+def available_names(device: str | torch.device) -> list[str]:
+    return available_backends(torch.device(device))
+
+
+def plan_rows(ratios: list[float], backends: list[str], max_ratio: float, extra: bool) -> list[Row]:
+    rows = [Row("floor")]
+    for r in ratios:
+        for b in backends:
+            rows.append(Row("masking", r, b, note="" if r <= max_ratio else "skipped: above the target share"))
+    if extra:
+        rows += [Row("structured_masking", STRUCTURED_RATIO, "columns"), Row("lora"), Row("ft")]
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rmpeft-bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true",
+                   help="a quick CPU run: small model (--model small), batch 4 x 64, 2 steps after 1 warm-up")
+    p.add_argument("--model", default=None,
+                   help="model shape: a conf/model config (its `arch`) or small (default opt-125m)")
+    p.add_argument("--batch", type=int, default=None, help="sequences per step (default 8)")
+    p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 128)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per row and round (default 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps before them (default 1)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="passes over all rows; step times are pooled (interleaving evens out machine noise)")
+    p.add_argument("--ratios", type=float, nargs="+", default=list(MASKING_RATIOS),
+                   help="Random Masking ratios (share of all parameters)")
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="sparse backends to run (default: every available one, plus dense)")
+    p.add_argument("--only-masking", action="store_true", help="skip the structured, LoRA and full rows")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 with --small, else torch's choice)")
+    p.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
+                   help="wall: elapsed time; cpu: this process' CPU time (CPU runs only): steadier on a machine "
+                        "shared with other jobs, best with --threads 1")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of the table")
+    p.add_argument("--e2e", action="store_true",
+                   help="whole-run throughput of candidate scoring (flat vs shared prompt) and its memory, "
+                        "on the SmolLM2 shape (--model to change it)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return _run(args)
+    except RmpeftError as e:
+        print(f"rmpeft-bench: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        gc.unfreeze()
+
+
+def _run(args: argparse.Namespace) -> int:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RmpeftError("--device cuda: no CUDA device is available")
+    default = "smollm2-135m" if args.e2e and "smollm2-135m" in model_choices() else "opt-125m"
+    shape = args.model or ("small" if args.small else default)
+    if shape not in model_choices():
+        raise unknown_choice("--model", shape, model_choices())
+    dname = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    if dname not in DTYPES:
+        raise unknown_choice("--dtype", dname, DTYPES)
+    batch_n, seq = args.batch or (4 if args.small else 8), args.seq or (64 if args.small else 128)
+    steps = args.steps if args.steps is not None else (2 if args.small else 3)
+    warmup = args.warmup if args.warmup is not None else 1
+    if args.clock == "cpu" and device.type == "cuda":
+        raise RmpeftError("--clock cpu measures CPU work; GPU runs are timed with --clock wall")
+    threads = args.threads or (1 if args.small else None)
+    if threads and device.type == "cpu":
+        torch.set_num_threads(threads)
+    sparse_names = [n for n in available_backends(device) if n != "dense"]
+    backends = args.backends or [*sparse_names, "dense"]
+    for b in backends:
+        if b not in ("torch", "spops", "triton", "dense"):
+            raise unknown_choice("--backends", b, ("torch", "spops", "triton", "dense"))
+        if b not in available_backends(device):
+            raise RmpeftError(f"--backends {b}: not available on {device.type} "
+                              f"(available: {', '.join(available_backends(device))})")
+
+    model = build_model(shape, DTYPES[dname], device)
+    total = count_parameters(model)
+    if args.e2e:
+        return _run_e2e(args, model, shape, dname, device, steps, warmup)
+    targets = sum(m.weight.numel() for n, m in model.named_modules()
+                  if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in TARGETS)
+    rows = plan_rows(args.ratios, backends, targets / total, not args.only_masking)
+    batch = make_batch(model.config.vocab_size, batch_n, seq, device)
+    runnable = [r for r in rows if not r.note.startswith("skipped")]
+    reset_strategy_decisions()
+    import peft  # noqa: F401  (imported before the objects below are frozen)
+
+    gc.collect()
+    gc.freeze()  # the libraries' objects: later collections only scan what the rows create
+
+    # Timing pass(es). On CUDA the allocator's statistics give memory in the same pass.
+    times: dict[str, list[float]] = {r.label: [] for r in runnable}
+    cuda_memory = Memory(device) if device.type == "cuda" else None
+    for rnd in range(args.rounds):
+        for row in runnable:
+            times[row.label] += run_row(model, row, batch, total, device, warmup, steps,
+                                        cuda_memory if rnd == 0 else None, args.clock)
+    # CPU memory pass: one step per row, after all timings (see Memory).
+    if device.type == "cpu" and Memory.cpu_supported():
+        Memory.prepare_cpu()
+        mem = Memory(device)
+        run_row(model, Row("floor"), batch, total, device, 0, 1, None)  # one-time buffers land before baselines
+        for row in runnable:
+            saved = (row.trainable_params, row.trainable_state_bytes)
+            run_row(model, row, batch, total, device, 0, 1, mem)
+            row.trainable_params, row.trainable_state_bytes = saved
+
+    for row in runnable:
+        row.step_s = statistics.median(times[row.label]) if times[row.label] else None
+    floor = rows[0].step_s
+    for row in runnable:
+        if row.step_s is not None and floor:
+            row.ratio_to_floor = row.step_s / floor
+
+    if args.json:
+        keys = ("method", "ratio", "backend", "step_s", "ratio_to_floor", "peak_mem_bytes", "trainable_params",
+                "trainable_state_bytes")
+        print(json.dumps([{k: asdict(r)[k] for k in keys} for r in rows], indent=1))
+        return 0
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else f", {torch.cuda.get_device_name()}"
+    print(f"rmpeft-bench: {shape}-shaped random {model.config.model_type.upper()} ({total / 1e6:.1f}M parameters; "
+          f"q_proj/v_proj hold {100 * targets / total:.2f}%), batch {batch_n} x {seq} tokens, {dname}, "
+          f"{device.type}{threads}, torch {torch.__version__}")
+    print(f"step time ({args.clock} clock): median of {steps * args.rounds} timed AdamW steps per row "
+          f"({warmup} warm-up each, {args.rounds} round(s)); peak memory: above the frozen model, during "
+          f"attach + step")
+    print(table(rows))
+    print("targets:")
+    for line in check_targets(rows):
+        print("  " + line)
+    chosen = strategy_decisions()
+    if chosen:
+        print("torch backend strategies (shape/entries/tokens/dtype/device: choice):")
+        for key, choice in chosen.items():
+            print(f"  {key.removeprefix('torch/')}: {choice}")
+    return 0
+
+
+def _run_e2e(args: argparse.Namespace, model: nn.Module, shape: str, dname: str, device: torch.device,
+             steps: int, warmup: int) -> int:
+    total = count_parameters(model)
+    autocast = DTYPES[dname] if dname != "fp32" else None
+    rows = run_e2e(model, total, device, args.small, warmup, steps, autocast)
+    if device.type == "cpu" and Memory.cpu_supported():
+        Memory.prepare_cpu()
+    mem = memory_rows(model, device, args.small) if device.type == "cuda" or Memory.cpu_supported() else []
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if args.json:
+        print(json.dumps({"throughput": [asdict(r) | {"speedup": r.speedup} for r in rows],
+                          "memory": [{"scoring": n, "peak_mem_bytes": b} for n, b in mem],
+                          "model_bytes": model_bytes}, indent=1))
+        return 0
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name()
+    print(f"rmpeft-bench --e2e: {shape}-shaped random {model.config.model_type.upper()} ({total / 1e6:.1f}M "
+          f"parameters, vocabulary {model.config.vocab_size}), {dname}, {device.type}, {where}; median of {steps} "
+          f"timed batches ({warmup} warm-up) per cell")
+    print(e2e_table(rows))
+    if mem:
+        print(memory_table(mem, model_bytes))
+    print("targets:")
+    for line in check_e2e_targets(rows):
+        print("  " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

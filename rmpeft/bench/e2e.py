@@ -1,0 +1,189 @@
+"""``rmpeft-bench --e2e``: whole-run throughput of candidate scoring, flat against shared-prompt.
+
+On a real model shape (random weights: the time does not depend on them), for FT, LoRA and Random
+Masking, each workload is timed with both scoring paths (:mod:`rmpeft.scoring.paths`):
+
+* ``2-cand``: SST-2-like examples (a ~64-token prompt, two single-token answers): training steps
+  (forward, backward, AdamW) and evaluation, in examples per second;
+* ``record``: ReCoRD-like examples (a long passage, 10 multi-token entities): evaluation.
+
+A memory row gives the peak memory of evaluating one ReCoRD-shaped example (long passage, 15
+entities) with the full-logits scoring of earlier versions and with the current paths.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rmpeft import scoring
+from rmpeft.bench.report import fmt_bytes
+from rmpeft.bench.steps import ATTACH, Memory, Row
+from rmpeft.scoring.batch import Row as TokenRow
+
+E2E_METHODS = (Row("ft"), Row("lora"), Row("masking", 0.001, "auto"))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Synthetic examples: ``prompt`` tokens, ``candidates`` answers of ``cand_tokens`` tokens each."""
+
+    name: str
+    prompt: int
+    candidates: int
+    cand_tokens: tuple[int, ...]
+    batch: int
+    train: bool
+
+
+def workloads(small: bool) -> list[Workload]:
+    scale = 4 if small else 1
+    return [Workload("2-cand", 64 // scale, 2, (1,), 8 // (2 if small else 1), True),
+            Workload("record", 320 // scale, 10, (2, 3, 4), 2 if small else 4, False)]
+
+
+def make_rows(w: Workload, vocab: int, seed: int = 0) -> list[list[TokenRow]]:
+    """Encoded examples of a workload: ``<bos> prompt candidate`` rows with random tokens."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def toks(n: int) -> list[int]:
+        return torch.randint(4, vocab, (n,), generator=gen).tolist()
+
+    out = []
+    for _ in range(w.batch):
+        prompt = [1, *toks(w.prompt)]
+        out.append([(prompt + toks(w.cand_tokens[j % len(w.cand_tokens)]), len(prompt)) for j in range(w.candidates)])
+    return out
+
+
+def make_batch(w: Workload, vocab: int, device: torch.device, seed: int = 0) -> scoring.Batch:
+    rows = make_rows(w, vocab, seed)
+    return scoring.collate_rows(rows, [0] * len(rows), 0).to(device)
+
+
+def full_logits_token_logprobs(model: nn.Module, batch: scoring.Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate scoring of earlier versions: every position's logits over the whole vocabulary."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    logits = out.logits[:, :-1].float()
+    mask = batch.option_mask[:, 1:].to(logits.dtype)
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.input_ids[:, 1:].reshape(-1),
+                                            reduction="none")
+    return -(nll.view_as(mask) * mask).sum(-1), mask.sum(-1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: torch.device, warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass
+class E2ERow:
+    method: str
+    workload: str
+    phase: str                  # train | eval
+    flat_examples_per_s: float
+    shared_examples_per_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.shared_examples_per_s / self.flat_examples_per_s
+
+
+def run_e2e(model: nn.Module, total: int, device: torch.device, small: bool, warmup: int, steps: int,
+            autocast_dtype: torch.dtype | None = None) -> list[E2ERow]:
+    """Examples per second of every method x workload x phase, with both scoring paths."""
+    vocab = model.config.vocab_size
+    out = []
+    for row in E2E_METHODS:
+        att = ATTACH[row.method](model, Row(row.method, row.ratio, row.backend), total)
+        opt = torch.optim.AdamW(att.params, lr=1e-6)
+        try:
+            for w in workloads(small):
+                batch = make_batch(w, vocab, device)
+                phases = ("train", "eval") if w.train else ("eval",)
+                for phase in phases:
+                    speed = {}
+                    for path in ("flat", "shared"):
+                        def step(path: str = path, phase: str = phase) -> None:
+                            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                                if phase == "train":
+                                    scoring.classification_loss(att.model, batch, path).backward()
+                                    opt.step()
+                                    opt.zero_grad(set_to_none=True)
+                                else:
+                                    with torch.no_grad():
+                                        scoring.predict_choices(att.model, batch, path)
+                        speed[path] = w.batch / _timed(step, device, warmup, steps)
+                    label = row.method if row.ratio is None else f"{row.method} {100 * row.ratio:g}%"
+                    out.append(E2ERow(label, w.name, phase, speed["flat"], speed["shared"]))
+        finally:
+            del opt
+            att.detach()
+            gc.collect()
+    return out
+
+
+def memory_rows(model: nn.Module, device: torch.device, small: bool) -> list[tuple[str, int]]:
+    """Peak memory (above the model) of scoring one ReCoRD-shaped example, 15 entities: full logits
+    (earlier versions), flat and shared paths."""
+    w = Workload("record-15", 80 if small else 350, 15, (2, 3, 4), 1, False)
+    batch = make_batch(w, model.config.vocab_size, device, seed=1)
+    mem = Memory(device)
+    out = []
+    fns = {"full logits (before)": lambda: full_logits_token_logprobs(model, batch),
+           "flat, scored logits only": lambda: scoring.token_logprobs(model, batch, "flat"),
+           "shared prompt": lambda: scoring.token_logprobs(model, batch, "shared")}
+    for name, fn in fns.items():
+        mem.start()
+        with torch.no_grad():
+            fn()
+        out.append((name, mem.peak()))
+        gc.collect()
+    return out
+
+
+def e2e_table(rows: list[E2ERow]) -> str:
+    head = f"{'method':<14}{'workload':<10}{'phase':<7}{'flat ex/s':>11}{'shared ex/s':>13}{'speedup':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.method:<14}{r.workload:<10}{r.phase:<7}{r.flat_examples_per_s:>11.2f}"
+                     f"{r.shared_examples_per_s:>13.2f}{r.speedup:>8.2f}x")
+    return "\n".join(lines)
+
+
+def memory_table(rows: list[tuple[str, int]], model_bytes: int) -> str:
+    lines = [f"{'scoring one ReCoRD-shaped example (15 entities)':<50}{'peak mem':>12}{'x model':>9}"]
+    for name, peak in rows:
+        lines.append(f"{name:<50}{fmt_bytes(peak):>12}{peak / max(model_bytes, 1):>9.2f}")
+    return "\n".join(lines)
+
+
+def check_e2e_targets(rows: list[E2ERow]) -> list[str]:
+    """The shared-prompt targets: >= 1.8x on two-candidate tasks, >= 5x on ReCoRD-shaped evaluation."""
+    out = []
+    for workload, bound in (("2-cand", 1.8), ("record", 5.0)):
+        sel = [r for r in rows if r.workload == workload]
+        if sel:
+            worst = min(sel, key=lambda r: r.speedup)
+            ok = "ok  " if worst.speedup >= bound else "MISS"
+            out.append(f"{ok} {workload} shared vs flat (worst: {worst.method} {worst.phase}): "
+                       f"{worst.speedup:.2f}x (target >= {bound:g}x)")
+    return out

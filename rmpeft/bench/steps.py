@@ -1,0 +1,210 @@
+"""One benchmark row: attach a method, time AdamW training steps, measure memory and state, detach."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from rmpeft.bench.workload import TARGETS
+from rmpeft.methods import MethodContext, get_method
+from rmpeft.sparse import layer_state_bytes, unpatch
+
+
+@dataclass
+class Row:
+    method: str
+    ratio: float | None = None
+    backend: str | None = None
+    step_s: float | None = None
+    ratio_to_floor: float | None = None
+    peak_mem_bytes: int | None = None
+    trainable_params: int = 0
+    trainable_state_bytes: int = 0
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}/{self.ratio}/{self.backend}"
+
+
+@dataclass
+class Attached:
+    """A method attached to the model: what to call, what to optimise, how to take it off."""
+
+    model: nn.Module
+    params: list[nn.Parameter]
+    detach: Callable[[], None]
+    position_bytes: int = 0
+
+
+# --- attaching each method -----------------------------------------------------------------------------
+
+def attach_floor(model: nn.Module, row: Row, total: int) -> Attached:
+    """No parameter trains, but the embeddings' output requires grad: backward runs through every layer."""
+    hook = model.get_input_embeddings().register_forward_hook(lambda mod, args, out: out.requires_grad_(True))
+    return Attached(model, [], hook.remove)
+
+
+def attach_masking(model: nn.Module, row: Row, total: int) -> Attached:
+    cfg = OmegaConf.create({"name": row.method, "ratio": row.ratio, "target_modules": TARGETS,
+                            "backend": row.backend or "auto", "mask_seed": 0, "autotune": True})
+    handle = get_method(row.method).apply(model, cfg, MethodContext(seed=0, total_params=total))
+    return Attached(model, handle.trainable_parameters(), lambda: unpatch(model),
+                    layer_state_bytes(model)["positions"])
+
+
+def attach_lora(model: nn.Module, row: Row, total: int) -> Attached:
+    """LoRA r=8, alpha=16 on q_proj/v_proj (the `lora` method)."""
+    cfg = OmegaConf.create({"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": TARGETS})
+    handle = get_method("lora").apply(model, cfg, MethodContext(seed=0, total_params=total))
+    wrapped, params = handle.model, handle.trainable_parameters()
+
+    def detach() -> None:
+        if hasattr(wrapped, "unload"):
+            wrapped.unload()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    return Attached(wrapped, params, detach)
+
+
+def attach_ft(model: nn.Module, row: Row, total: int) -> Attached:
+    params = list({id(p): p for p in model.parameters()}.values())
+    for p in params:
+        p.requires_grad_(True)
+
+    def detach() -> None:
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+
+    return Attached(model, params, detach)
+
+
+ATTACH = {"floor": attach_floor, "masking": attach_masking, "structured_masking": attach_masking,
+          "lora": attach_lora, "ft": attach_ft}
+
+
+# --- measuring ---------------------------------------------------------------------------------------
+
+def optimizer_state_bytes(opt: torch.optim.Optimizer | None) -> int:
+    if opt is None:
+        return 0
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+
+
+def expected_state_bytes(param_numels: list[int], element_size: int, position_bytes: int,
+                         step_bytes: int = 4) -> int:
+    """AdamW's trainable state: values + gradients + two moments (element_size each per entry), one step
+    counter per parameter tensor, plus the mask positions."""
+    return 4 * element_size * sum(param_numels) + step_bytes * len(param_numels) + position_bytes
+
+
+class Memory:
+    """Peak memory above a baseline: CUDA allocator statistics, or the process' peak RSS on Linux.
+
+    On CPU, large allocations are forced to go straight to the kernel (glibc ``M_MMAP_THRESHOLD``) so
+    that freed memory leaves the resident set and the peak RSS (reset through ``/proc/self/clear_refs``)
+    follows the live tensors. That slows allocation a little, so CPU memory is measured in a separate
+    pass after all timings.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.baseline = 0
+
+    @staticmethod
+    def cpu_supported() -> bool:
+        return Path("/proc/self/clear_refs").exists() and Path("/proc/self/status").exists()
+
+    @staticmethod
+    def prepare_cpu() -> None:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD: 256 KiB, fixed (no dynamic growth)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline = torch.cuda.memory_allocated()
+        else:
+            try:  # hand freed heap pages back so that the resident set starts from live memory
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except OSError:
+                pass
+            self.baseline = self._status("VmRSS")
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - self.baseline
+        return max(0, self._status("VmHWM") - self.baseline)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_step(model: nn.Module, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer | None) -> float:
+    loss = model(**batch).loss
+    loss.backward()
+    if opt is not None:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def run_row(model: nn.Module, row: Row, batch: dict[str, torch.Tensor], total: int, device: torch.device,
+            warmup: int, steps: int, memory: Memory | None, clock: str = "wall") -> list[float]:
+    """Attach, train ``warmup + steps`` steps, detach. Returns the timed steps' seconds and fills ``row``."""
+    if memory is not None:
+        memory.start()
+    att = ATTACH[row.method](model, row, total)
+    opt = torch.optim.AdamW(att.params, lr=1e-6) if att.params else None
+    times = []
+    now = CLOCKS[clock]
+    try:
+        for i in range(warmup + steps):
+            _sync(device)
+            start = now()
+            loss = train_step(att.model, batch, opt)
+            _sync(device)
+            if i >= warmup:
+                times.append(now() - start)
+            if not math.isfinite(loss):
+                raise RuntimeError(f"{row.label}: non-finite loss {loss}")
+        if memory is not None:
+            row.peak_mem_bytes = memory.peak()
+        row.trainable_params = sum(p.numel() for p in att.params)
+        row.trainable_state_bytes = (2 * sum(p.numel() * p.element_size() for p in att.params)
+                                     + optimizer_state_bytes(opt) + att.position_bytes)
+    finally:
+        del opt
+        att.detach()
+        gc.collect()
+    return times

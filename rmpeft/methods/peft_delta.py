@@ -1,0 +1,38 @@
+"""Deltas of the peft methods (LoRA, AdaLoRA, prefix): peft's own adapter files.
+
+``save_pretrained`` of the peft model writes ``adapter_config.json`` and ``adapter_model.safetensors``
+into the delta folder, so ``PeftModel.from_pretrained(base_model, <delta>)`` loads it without rmpeft.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from rmpeft.deltas.format import Delta
+
+
+def export_peft(model: nn.Module, folder: Path) -> dict[str, Any]:
+    """Write the peft adapter of ``model`` (a ``PeftModel``) into ``folder``."""
+    model.save_pretrained(str(folder))
+    return {"layout": "peft_adapter"}
+
+
+def load_peft(model: nn.Module, delta: Delta) -> nn.Module:
+    """``model`` wrapped by peft with the delta's adapter (trainable, as during training)."""
+    from peft import PeftConfig, PeftModel
+
+    # peft refuses to load a prompt-learning adapter as trainable; its table is made trainable after.
+    prompt = PeftConfig.from_pretrained(str(delta.path)).is_prompt_learning
+    peft_model = PeftModel.from_pretrained(model, str(delta.path), is_trainable=not prompt)
+    if prompt:
+        for p in peft_model.prompt_encoder.parameters():
+            p.requires_grad_(True)
+    return peft_model
+
+
+def merge_peft(model: nn.Module) -> nn.Module:
+    """The base model with the adapter's low-rank update merged into its weights (peft's merge)."""
+    return model.merge_and_unload()

@@ -1,0 +1,240 @@
+"""The ``rmpeft-tables`` and ``rmpeft-plot`` commands.
+
+    rmpeft-tables [ROOT ...] [--source wandb:ENTITY/PROJECT] [--table main|structured|lr-masking|
+                  lr-baselines|all] [--format markdown|latex|csv] [--compare-paper] [--json]
+                  [--out DIR] [--name EXP] [--model M] [--task T] [--method M]
+                  [--predict-ratio R] [--diverged skip-lr|drop-seed] [--select val|test|both]
+    rmpeft-plot lr-curves  [ROOT ...] [--source wandb:ENTITY/PROJECT] [--out DIR] [--metric test|val]
+    rmpeft-plot sharpness | distance | epochs  [ROOT ...] [--out DIR]     (Figure 4 panels)
+
+Both share the record-selection arguments (:func:`add_source_arguments`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rmpeft.errors import RmpeftError
+from rmpeft.records import RunRecord
+from rmpeft.reporting import figures
+from rmpeft.reporting.aggregate import DIVERGED_POLICIES, SELECTIONS, aggregate
+from rmpeft.reporting.lr_curves import plot_lr_curves
+from rmpeft.reporting.paper import PaperNumbers, parse_ratio
+from rmpeft.reporting.render import FORMAT_SUFFIX, FORMATS, RENDERERS
+from rmpeft.reporting.runs import RunResult, runs_from_records
+from rmpeft.reporting.sources import SOURCES_HELP, load_records
+from rmpeft.reporting.tables import TABLES, build_tables, cells_json, flag_lines
+
+DEFAULT_FIGURES = Path("results/figures")
+
+
+# --------------------------------------------------------------------------------------------------
+# Selecting records (shared).
+
+
+def _split(values: Sequence[str] | None) -> set[str] | None:
+    if not values:
+        return None
+    return {v.strip() for arg in values for v in arg.split(",") if v.strip()}
+
+
+def select_runs(runs: Iterable[RunResult], name: Sequence[str] | None = None, model: Sequence[str] | None = None,
+                task: Sequence[str] | None = None, method: Sequence[str] | None = None) -> list[RunResult]:
+    """Runs matching every given filter (each a list of values, comma-separated values allowed)."""
+    f = {"experiment": _split(name), "model": _split(model), "task": _split(task), "method": _split(method)}
+    return [r for r in runs if all(allowed is None or getattr(r, attr) in allowed for attr, allowed in f.items())]
+
+
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by rmpeft-tables and rmpeft-plot: where the records are and which to use."""
+    p.add_argument("roots", nargs="*", default=["results/runs"],
+                   help="results folders to read records from (default: results/runs)")
+    p.add_argument("--source", default="disk", help=SOURCES_HELP)
+    p.add_argument("--name", action="append", help="only this experiment (config `name`); repeatable")
+    p.add_argument("--model", action="append", help="only this model (e.g. opt-125m); repeatable")
+    p.add_argument("--task", action="append", help="only this task (e.g. rte); repeatable")
+    p.add_argument("--method", action="append", help="only this method (e.g. masking); repeatable")
+    p.add_argument("--diverged", choices=DIVERGED_POLICIES, default="skip-lr",
+                   help="skip-lr: an LR at which a seed diverged cannot be best (default); "
+                        "drop-seed: average the seeds that finished")
+
+
+def runs_from_args(args: argparse.Namespace, api: Any = None,
+                   history: bool = False) -> tuple[list[tuple[str, RunRecord]], list[RunResult]]:
+    """The records and their runs selected by the shared arguments."""
+    pairs = load_records(args.roots, args.source, api=api, history=history)
+    runs = runs_from_records(pairs)
+    selected = select_runs(runs, args.name, args.model, args.task, args.method)
+    if not selected:
+        where = args.source if args.source not in (None, "disk") else ", ".join(map(str, args.roots))
+        raise RmpeftError(f"no run records match in {where}" + (" (after filters)" if runs else ""))
+    keep = {id(r) for r in selected}
+    return [pair for pair, r in zip(pairs, runs, strict=True) if id(r) in keep], selected
+
+
+def _main(prog: str, run: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    try:
+        return run(argv)
+    except RmpeftError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # stdout closed early (`rmpeft-tables | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# rmpeft-tables
+
+
+def tables_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rmpeft-tables",
+        description="Regenerate the paper's tables from run records: best LR on validation, test metric "
+                    "mean ± std over seeds, flags for grids that need extending.",
+    )
+    add_source_arguments(p)
+    p.add_argument("--table", action="append", choices=TABLES + ("all",),
+                   help="which table (default: all that have rows); repeatable")
+    p.add_argument("--format", choices=FORMATS, default="markdown", help="stdout format (default markdown)")
+    p.add_argument("--compare-paper", action="store_true",
+                   help="put the paper's number and ours − paper beside each cell")
+    p.add_argument("--paper-dir", type=Path, default=None,
+                   help="folder of the paper's CSVs (default: the numbers shipped with rmpeft)")
+    p.add_argument("--json", action="store_true",
+                   help="print the cells as a JSON list instead of tables (metrics as fractions, like records)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write every table as .md/.tex/.csv plus cells.json and flags.txt into this folder")
+    p.add_argument("--select", choices=SELECTIONS + ("both",), default="val",
+                   help="which mean metric picks each cell's learning rate: val (default), test (the paper's "
+                        "apparent practice; every output says so), or both (each table twice; with "
+                        "--compare-paper shows how much selecting on test moves each cell)")
+    p.add_argument("--predict-ratio", action="append", default=None, metavar="R",
+                   help="masking ratio (0.0002 or 0.02%%) for which to predict the best LR; repeatable "
+                        "(default: the paper's ratios not yet swept)")
+    return p
+
+
+def run_tables(argv: Sequence[str] | None = None, api: Any = None, stdout: Any = None, stderr: Any = None) -> int:
+    """``rmpeft-tables``; ``api`` replaces ``wandb.Api()`` (tests)."""
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    args = tables_parser().parse_args(argv)
+    _, runs = runs_from_args(args, api=api)
+    selections = list(SELECTIONS) if args.select == "both" else [args.select]
+    paper = PaperNumbers.load(args.paper_dir) if args.compare_paper else None
+    which = list(TABLES) if not args.table or "all" in args.table else list(dict.fromkeys(args.table))
+    ratios = [parse_ratio(r) for r in args.predict_ratio] if args.predict_ratio else None
+    cells, tables, files = [], [], []
+    for select in selections:   # test-selected tables follow the validation-selected ones
+        these = aggregate(runs, diverged=args.diverged, select=select)
+        cells += these
+        built = build_tables(these, which, ratios)
+        tables += built
+        files += [f"{t.name}{'' if select == 'val' else '-test-selected'}" for t in built]
+    flags = flag_lines(cells)
+
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for t, stem in zip(tables, files):
+            for fmt, render in RENDERERS.items():
+                (args.out / f"{stem}.{FORMAT_SUFFIX[fmt]}").write_text(render(t, paper))
+        (args.out / "cells.json").write_text(json.dumps(cells_json(cells, paper), indent=2) + "\n")
+        (args.out / "flags.txt").write_text("".join(f + "\n" for f in flags))
+        print(f"wrote {len(tables)} table(s) x {len(RENDERERS)} formats, cells.json and flags.txt to {args.out}",
+              file=stderr)
+
+    if args.json:
+        print(json.dumps(cells_json(cells, paper), indent=2), file=stdout)
+        return 0
+    render = RENDERERS[args.format]
+    print("\n".join(render(t, paper) for t in tables), end="", file=stdout)
+    if flags:
+        if args.format == "markdown":
+            print("\n### Flags\n\n" + "".join(f"- {f}\n" for f in flags), end="", file=stdout)
+        else:
+            print("".join(f"flag: {f}\n" for f in flags), end="", file=stderr)
+    return 0
+
+
+def tables_main(argv: Sequence[str] | None = None) -> int:
+    return _main("rmpeft-tables", run_tables, argv)
+
+
+# --------------------------------------------------------------------------------------------------
+# rmpeft-plot: a small registry of subcommands.
+
+Records = list[tuple[str, RunRecord]]
+
+
+@dataclass
+class Subcommand:
+    help: str
+    run: Callable[[argparse.Namespace, Records, list[RunResult]], list[Path]]   # (args, records, runs)
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    history: bool = False       # wandb source: also fetch per-epoch curves
+
+
+def _lr_curves_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", choices=("test", "val"), default="test",
+                   help="y axis: test (default, like the paper) or validation metric")
+
+
+def _run_lr_curves(args: argparse.Namespace, records: Records, runs: list[RunResult]) -> list[Path]:
+    return plot_lr_curves(aggregate(runs, diverged=args.diverged), args.out, metric=args.metric)
+
+
+def figure4(function: str) -> Callable[[argparse.Namespace, Records, list[RunResult]], list[Path]]:
+    """A subcommand that calls ``rmpeft.reporting.figures.<function>(records, out_dir)``."""
+
+    def run(args: argparse.Namespace, records: Records, runs: list[RunResult]) -> list[Path]:
+        return list(getattr(figures, function)([rec for _, rec in records], args.out) or [])
+
+    return run
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "lr-curves": Subcommand("Figure 3: metric versus learning rate, one line per ratio/method, per model and task",
+                            _run_lr_curves, _lr_curves_arguments),
+    "sharpness": Subcommand("Figure 4(a): Hessian sharpness versus masking ratio", figure4("plot_sharpness")),
+    "distance": Subcommand("Figure 4(b): distance from initialisation versus masking ratio",
+                           figure4("plot_distance")),
+    "epochs": Subcommand("Figure 4(b): metric versus epochs for longer training", figure4("plot_epochs"),
+                         history=True),
+}
+
+
+def plot_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rmpeft-plot", description="Plot the paper's figures from run records.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, spec in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=spec.help, description=spec.help)
+        add_source_arguments(sp)
+        sp.add_argument("--out", type=Path, default=DEFAULT_FIGURES, help=f"output folder (default {DEFAULT_FIGURES})")
+        if spec.add_arguments:
+            spec.add_arguments(sp)
+    return p
+
+
+def run_plot(argv: Sequence[str] | None = None, api: Any = None) -> int:
+    """``rmpeft-plot``; ``api`` replaces ``wandb.Api()`` (tests)."""
+    args = plot_parser().parse_args(argv)
+    spec = SUBCOMMANDS[args.command]
+    pairs, runs = runs_from_args(args, api=api, history=spec.history)
+    written = spec.run(args, pairs, runs)
+    if not written:
+        raise RmpeftError(f"'rmpeft-plot {args.command}': nothing to plot in the selected records")
+    for path in written:
+        print(path)
+    return 0
+
+
+def plot_main(argv: Sequence[str] | None = None) -> int:
+    return _main("rmpeft-plot", run_plot, argv)
+

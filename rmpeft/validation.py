@@ -1,0 +1,214 @@
+"""Checking a composed run config before anything runs.
+
+Hydra composes the config from YAML and the command line; this module checks its values (types,
+ranges, choices) so that a bad value ends in one line naming the field, the bad value and what is
+valid, before a finished record is looked up and before any model or data loads.
+
+A field is described by a :class:`Spec`. The common fields are listed in :data:`COMMON_FIELDS`; a
+method adds its own through its ``config_fields`` class attribute (see ``rmpeft.methods``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rmpeft.errors import RmpeftError
+from rmpeft.identity import as_dict, get_path
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one field accepts. ``kind``: int, float, bool, str, choice, names, float_pair, any."""
+
+    kind: str
+    low: float | None = None          # inclusive lower bound (numbers)
+    high: float | None = None         # inclusive upper bound (numbers)
+    low_open: bool = False            # lower bound excluded (e.g. lr > 0)
+    choices: tuple[str, ...] = ()     # kind="choice"
+    nullable: bool = False
+    required: bool = True             # a missing field is an error
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            text = "one of " + ", ".join(self.choices)
+        else:
+            text = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                    "float_pair": "a list of two numbers", "names": "a module name or a list of module names",
+                    "any": "any value"}.get(self.kind, self.kind)
+            if self.low is not None or self.high is not None:
+                lo = "(" if self.low_open else "["
+                text += f" in {lo}{'-inf' if self.low is None else _num(self.low)}, " \
+                        f"{'inf' if self.high is None else _num(self.high)}]"
+        return text + (" or null" if self.nullable else "")
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def Int(low: float | None = None, high: float | None = None, nullable: bool = False) -> Spec:  # noqa: N802
+    return Spec("int", low=low, high=high, nullable=nullable)
+
+
+def Float(low: float | None = None, high: float | None = None, low_open: bool = False,  # noqa: N802
+          nullable: bool = False) -> Spec:
+    return Spec("float", low=low, high=high, low_open=low_open, nullable=nullable)
+
+
+def Choice(*choices: str, nullable: bool = False) -> Spec:  # noqa: N802
+    return Spec("choice", choices=tuple(choices), nullable=nullable)
+
+
+BOOL = Spec("bool")
+STR = Spec("str")
+MODULES = Spec("names")   # module-name suffixes: one name or a list
+
+# Fields every run has. Method fields come from the method (``Method.config_fields``).
+COMMON_FIELDS: dict[str, Spec] = {
+    "seed": Int(0),
+    "data_seed": Int(0),
+    "name": STR,
+    "force": BOOL,
+    "model.name": STR,
+    "model.name_or_path": Spec("str", nullable=True),
+    "model.random_init": BOOL,
+    "model.first_token_id": Spec("int", low=0, nullable=True, required=False),
+    "protocol.name": Spec("str", required=False),
+    "model.family": Spec("choice", choices=("causal_lm", "clip"), required=False),
+    "task.name": STR,
+    "task.kind": Choice("classification", "multiple_choice", "generation", "image_classification"),
+    "task.metric": Choice("accuracy", "f1"),
+    "task.num_train": Int(1, nullable=True),
+    "task.num_val": Int(0, nullable=True),
+    "task.num_test": Int(1, nullable=True),
+    "task.full_train": BOOL,
+    "task.objective": Spec("choice", choices=("classification", "lm"), required=False),
+    "optim.name": Choice("adamw"),
+    "optim.lr": Float(0, low_open=True),
+    "optim.betas": Spec("float_pair", low=0, high=1),
+    "optim.eps": Float(0, low_open=True),
+    "optim.weight_decay": Float(0),
+    "optim.scheduler": Choice("constant", "linear", "cosine"),
+    "optim.warmup_steps": Int(0),
+    "optim.max_grad_norm": Float(0, low_open=True, nullable=True),
+    "trainer.epochs": Int(1),
+    "trainer.batch_size": Int(1),
+    "trainer.grad_accum": Int(1),
+    "trainer.eval_batch_size": Int(1),
+    "trainer.eval_max_tokens": Int(1, nullable=True),
+    "trainer.max_length": Int(2),
+    "trainer.max_new_tokens": Int(1),
+    "trainer.precision": Choice("auto", "fp32", "bf16", "fp16"),
+    "trainer.device": Choice("auto", "cpu", "cuda"),
+    "trainer.save_delta": Spec("choice", choices=("auto", "always", "never"), required=False),
+    "trainer.progress": BOOL,
+    "trainer.max_steps": Int(1, nullable=True),
+    "trainer.select_epoch_by": Spec("choice", choices=("val_metric", "val_loss", "last"), required=False),
+    "trainer.divergence_loss": Float(0, low_open=True),
+    "analysis.hessian": BOOL,
+    "analysis.hessian_iters": Int(1),
+    "analysis.hessian_tol": Float(0, low_open=True),
+    "analysis.hessian_batches": Int(1),
+}
+
+
+def check_value(field: str, value: Any, spec: Spec) -> None:
+    """Raise a one-line :class:`RmpeftError` when ``value`` does not fit ``spec``."""
+    if value is None:
+        if spec.nullable:
+            return
+        raise _bad(field, value, spec)
+    kind = spec.kind
+    if kind == "any":
+        return
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str) and value != ""
+    elif kind == "choice":
+        ok = isinstance(value, str) and value in spec.choices
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool) and _in_range(value, spec)
+    elif kind == "float":
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and _in_range(value, spec))
+    elif kind == "names":
+        names = [value] if isinstance(value, str) else value
+        ok = isinstance(names, (list, tuple)) and len(names) > 0 and all(isinstance(v, str) and v for v in names)
+    elif kind == "float_pair":
+        ok = (isinstance(value, (list, tuple)) and len(value) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and _in_range(v, spec) for v in value))
+    else:  # pragma: no cover - a Spec with an unknown kind is a programming error
+        raise ValueError(f"unknown spec kind {kind!r} for {field}")
+    if not ok:
+        raise _bad(field, value, spec)
+
+
+def _in_range(value: float, spec: Spec) -> bool:
+    if spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low):
+        return False
+    return spec.high is None or value <= spec.high
+
+
+def _bad(field: str, value: Any, spec: Spec) -> RmpeftError:
+    shown = "null" if value is None else repr(value)
+    return RmpeftError(f"{field}={shown} is invalid; expected {spec.describe()}")
+
+
+def check_fields(cfg: Any, specs: Mapping[str, Spec], prefix: str = "") -> None:
+    """Check every field of ``specs`` (dotted paths below ``prefix``) in ``cfg``."""
+    for path, spec in specs.items():
+        full = f"{prefix}{path}"
+        value = get_path(cfg, full, _MISSING) if _has_path(cfg, full) else _MISSING
+        if value is _MISSING:
+            if spec.required and not spec.nullable:
+                raise RmpeftError(f"{full} is missing; expected {spec.describe()}")
+            continue
+        check_value(full, value, spec)
+
+
+def _has_path(cfg: Any, dotted: str) -> bool:
+    node = cfg
+    for part in dotted.split("."):
+        if node is None or not hasattr(node, "__contains__") or isinstance(node, str) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def check_model_path(name_or_path: str | None) -> None:
+    """A value that looks like a local path must be an existing folder (a hub id is ``org/name``)."""
+    if not name_or_path:
+        return
+    text = str(name_or_path)
+    looks_local = text.startswith(("/", ".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+    if looks_local and not Path(text).expanduser().is_dir():
+        raise RmpeftError(f"model.name_or_path='{text}' is neither an existing folder nor a hub id (org/name)")
+
+
+def check_batching(cfg: Any, processes: int | None = None) -> None:
+    """The effective batch must split evenly into micro-batches over accumulation steps and processes."""
+    world = processes if processes is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    batch, accum = int(get_path(cfg, "trainer.batch_size")), int(get_path(cfg, "trainer.grad_accum"))
+    if batch % (accum * world):
+        raise RmpeftError(f"trainer.batch_size={batch} is not divisible by trainer.grad_accum={accum} "
+                          f"x {world} processes")
+
+
+def validate(cfg: Any, method_fields: Mapping[str, Spec] | None = None,
+             extra_checks: Iterable[Callable[[Any], None]] = ()) -> None:
+    """Check a composed run config; raises a one-line :class:`RmpeftError` at the first bad value."""
+    cfg = as_dict(cfg)
+    check_fields(cfg, COMMON_FIELDS)
+    check_fields(cfg, method_fields or {}, prefix="method.")
+    check_model_path(get_path(cfg, "model.name_or_path"))
+    check_batching(cfg)
+    for check in extra_checks:
+        check(cfg)

@@ -1,0 +1,105 @@
+"""A result is never reused for a different config, an identical relaunch is skipped, and every bad
+value is refused with one line before anything runs or is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rmpeft import records
+from rmpeft.errors import RmpeftError
+from rmpeft.trainer import train
+from tests.conftest import REPO, compose_train
+
+FAST = ["trainer.epochs=1", "task.num_train=16", "task.num_val=8", "task.num_test=8"]
+
+
+def _run(overrides):
+    return train(compose_train(overrides))
+
+
+def test_a_different_method_setting_is_a_different_run(smoke_overrides):
+    base = smoke_overrides + FAST + ["method=lora", "optim.lr=1e-3"]
+    r8 = _run(base)
+    r16 = _run(base + ["method.r=16"])
+    assert not r16.get("skipped") and r16["status"] == "finished"
+    assert r16["config"]["method"]["r"] == 16 and r16["run_dir"] != r8["run_dir"]
+    assert r16["trainable_params"] == 2 * r8["trainable_params"]
+    again = _run(base + ["method.r=16"])                          # identical config: skipped
+    assert again.get("skipped") and again["run_dir"] == r16["run_dir"]
+
+
+def test_debug_and_short_runs_never_stand_for_the_full_run(smoke_overrides):
+    short = _run(smoke_overrides + FAST + ["trainer.max_steps=1"])
+    full = _run(smoke_overrides + FAST)
+    assert not full.get("skipped") and full["run_dir"] != short["run_dir"]
+    longer = _run(smoke_overrides + FAST[1:] + ["trainer.epochs=2"])
+    assert not longer.get("skipped") and len(longer["epochs"]) == 2
+    # bookkeeping fields do not change the identity
+    same = _run(smoke_overrides + FAST + ["trainer.eval_batch_size=3", "trainer.progress=true"])
+    assert same.get("skipped") and same["run_dir"] == full["run_dir"]
+
+
+def test_bad_values_are_refused_even_when_a_finished_record_exists(smoke_overrides):
+    done = _run(smoke_overrides + FAST)
+    assert done["status"] == "finished"
+    for bad in (["trainer.device=tpu"], ["method.backend=foo"]):
+        with pytest.raises(RmpeftError, match=bad[0].split("=")[0].replace(".", r"\.")):
+            _run(smoke_overrides + FAST + bad)
+
+
+def test_a_corrupt_record_is_reported_with_its_path_and_kept(smoke_overrides):
+    cfg = compose_train(smoke_overrides + FAST)
+    folder = records.run_dir(cfg)
+    folder.mkdir(parents=True)
+    (folder / "record.json").write_text('{"status": "finish')
+    with pytest.raises(RmpeftError, match=f"corrupt run record {folder}/record.json"):
+        train(cfg)
+    assert (folder / "record.json").read_text() == '{"status": "finish'
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("method.ratio=abc", "method.ratio='abc' is invalid; expected a number in (0, 1]"),
+    ("optim.lr=abc", "optim.lr='abc' is invalid; expected a number in (0, inf]"),
+    ("seed=abc", "seed='abc' is invalid; expected an integer in [0, inf]"),
+    ("trainer.batch_size=0", "trainer.batch_size=0 is invalid; expected an integer in [1, inf]"),
+    ("trainer.epochs=0", "trainer.epochs=0 is invalid; expected an integer in [1, inf]"),
+    ("model.name_or_path=/nonexistent", "model.name_or_path='/nonexistent' is neither an existing folder nor a hub id"),
+])
+def test_cli_bad_value_is_one_line_without_traceback_and_writes_nothing(arg, message, results_root, cache_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "rmpeft.train", "experiment=smoke", arg, f"results_root={results_root}",
+                          f"cache_dir={cache_dir}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert lines == [f"rmpeft-train: error: {message}"] or (
+        len(lines) == 1 and lines[0].startswith(f"rmpeft-train: error: {message}")), out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert not results_root.exists() or not any(results_root.rglob("record.json"))
+
+
+def test_records_of_a_real_run_are_strict_json(smoke_overrides):
+    rec = _run(smoke_overrides + FAST)
+    text = (records.run_dir(rec["config"]) / "record.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert rec["identity_hash"] == records.identity_hash(rec["config"])
+
+
+def test_rmpeft_identity_names_the_folder_train_writes(smoke_overrides, capsys):
+    from rmpeft.identity_cli import main
+
+    overrides = smoke_overrides + FAST + ["method=lora", "method.r=4"]
+    assert main(overrides + ["--json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert before["status"] == "missing" and before["identity"]["method"]["r"] == 4
+    assert "results_root" not in before["identity"] and "force" not in before["identity"]
+    rec = _run(overrides)
+    assert rec["run_dir"] == before["run_dir"] and rec["identity_hash"] == before["identity_hash"]
+    assert main(overrides + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "finished"
+    assert main(overrides + ["method.r=abc"]) == 2
+    assert capsys.readouterr().err.strip() == "rmpeft-identity: error: method.r='abc' is invalid; expected an integer in [1, inf]"

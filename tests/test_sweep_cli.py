@@ -1,0 +1,158 @@
+"""rmpeft-sweep and the cluster profiles, without a cluster. Runs that train use tiny-opt on the
+synthetic task (seconds each, offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rmpeft import records
+from rmpeft.config import compose_config, hydra_initialized
+from rmpeft.sweeps.cli import main
+from rmpeft.sweeps.spec import load_sweep
+from rmpeft.sweeps.status import SweepRun, mark_dead
+from tests.test_sweep_spec import EXPECTED_RUNS, SWEEPS
+
+def run_json(argv: list[str], capsys) -> tuple[int, dict]:
+    rc = main(argv + ["--json"])
+    out = capsys.readouterr().out.strip().splitlines()
+    return rc, json.loads(out[-1])
+
+
+def test_runs_that_share_a_folder_are_refused(tmp_path, capsys):
+    path = tmp_path / "collide.yaml"  # progress bars are not part of a run's identity
+    path.write_text("fixed: {experiment: smoke}\nparams: {trainer.progress: 'true,false'}\n")
+    assert main([str(path), f"results_root={tmp_path}/runs", "--dry-run"]) == 2
+    assert "share the run folder" in capsys.readouterr().err
+
+
+BIG = {"table1", "table1-dense", "structured", "structured-dense"}  # 20-60 s each on 2 CPUs: marked slow
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in sorted(EXPECTED_RUNS)])
+def test_dry_run_of_every_sweep_file(name, tmp_path, capsys):
+    rc, counts = run_json([f"sweeps/{name}.yaml", f"results_root={tmp_path}/runs", "--dry-run"], capsys)
+    assert rc == 0
+    assert counts["total"] == counts["missing"] == EXPECTED_RUNS[name]
+    assert counts["finished"] == counts["failed"] == counts["launched"] == 0
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cluster_profiles_scale_resources_with_the_model():
+    def launcher(*overrides):
+        return compose_config(list(overrides), with_hydra=True).hydra.launcher
+
+    big_ft = launcher("cluster=slurm", "model=opt-13b", "method=ft")
+    big_mask = launcher("cluster=slurm", "model=opt-13b", "method=masking")
+    small = launcher("cluster=slurm", "model=opt-125m", "method=lora")
+    tiny = launcher("cluster=slurm", "model=tiny-opt", "method=masking")
+    assert big_ft._target_.endswith("SlurmLauncher")
+    assert (big_ft.gpus_per_node, big_ft.mem_gb) == (4, 400)
+    assert (big_mask.gpus_per_node, big_mask.mem_gb) == (1, 96)
+    assert small.gpus_per_node == 1 and small.mem_gb < big_mask.mem_gb and small.timeout_min < big_mask.timeout_min
+    assert tiny.gpus_per_node is None
+    assert big_ft.max_num_timeout > 0  # time-limited jobs are requeued
+    other = launcher("cluster=slurm", "model=opt-125m", "model.name=my-model")
+    assert other.mem_gb == 64  # the `default` row
+    forced = launcher("cluster=slurm", "model=opt-13b", "cluster.gpus=2", "cluster.partition=gpu", "cluster.account=lab")
+    assert (forced.gpus_per_node, forced.partition, forced.account) == (2, "gpu", "lab")
+    assert launcher("cluster=submitit_local")._target_.endswith("LocalLauncher")
+    assert launcher("cluster=local")._target_.endswith("BasicLauncher")
+
+
+def test_dead_jobs_are_marked_failed_with_their_logs(tmp_path):
+    running, missing, finished = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    records.write_record(running, {"status": "running", "error": None, "config": {"seed": 1}, "epochs": [1]})
+    records.write_record(finished, {"status": "finished", "error": None})
+    with hydra_initialized():
+        mark_dead(SweepRun((), running), "job 7_1 ended without a result (state: CANCELLED by 0)", ("7_1.out", "7_1.err"))
+        mark_dead(SweepRun(("experiment=smoke", f"results_root={tmp_path}"), missing), None, ())
+        mark_dead(SweepRun((), finished), "boom", ())
+    rec = records.read_record(running)
+    assert rec["status"] == "failed" and rec["epochs"] == [1]
+    assert "CANCELLED" in rec["error"] and "7_1.err" in rec["error"]
+    rec = records.read_record(missing)
+    assert rec["status"] == "failed" and "without writing a result" in rec["error"]
+    assert rec["config"]["model"]["name"] == "tiny-opt"
+    assert records.read_record(finished)["status"] == "finished"
+
+
+@pytest.fixture
+def fast_smoke(tmp_path, cache_dir) -> list[str]:
+    """Overrides that make the smoke sweep's runs take a few seconds in this process."""
+    return [f"results_root={tmp_path}/runs", f"cache_dir={cache_dir}", "trainer.progress=false", "trainer.epochs=1"]
+
+
+def _folders(overrides: list[str], lr: str, seeds=(1, 2)) -> list[Path]:
+    """The run folders of the smoke sweep's runs with this learning rate."""
+    sweep = load_sweep(SWEEPS / "smoke.yaml").with_overrides([f"optim.lr={lr}", f"seed={','.join(map(str, seeds))}"])
+    return [records.run_dir(compose_config([*run, *overrides])) for run in sweep.runs()]
+
+
+@pytest.mark.slow
+def test_finished_runs_are_skipped_and_failed_ones_rerun(tmp_path, fast_smoke, capsys):
+    done, failed = _folders(fast_smoke, "1e-2")
+    records.write_record(done, {"status": "finished", "error": None, "marker": "kept"})
+    records.write_record(failed, {"status": "failed", "error": "RuntimeError: earlier crash"})
+    rc, counts = run_json(["sweeps/smoke.yaml", "optim.lr=1e-2", *fast_smoke], capsys)
+    assert rc == 0
+    assert counts["launched"] == 1 and counts["finished"] == 2 and counts["failed"] == 0
+    assert records.read_record(done)["marker"] == "kept"
+    assert records.read_record(failed)["status"] == "finished"
+    rc, counts = run_json(["sweeps/smoke.yaml", "optim.lr=1e-2", *fast_smoke], capsys)
+    assert rc == 0 and counts["launched"] == 0
+
+
+@pytest.mark.slow
+def test_a_failing_run_never_stops_the_others(tmp_path, fast_smoke, capsys):
+    sweep = tmp_path / "failing.yaml"
+    # ratio 0.5 exceeds the share that q_proj/v_proj allow: that run fails; it is launched first
+    sweep.write_text("fixed: {experiment: smoke, seed: 1}\nparams: {method.ratio: '0.5,0.001'}\n")
+    rc, counts = run_json([str(sweep), *fast_smoke], capsys)
+    assert rc == 1
+    assert (counts["launched"], counts["finished"], counts["failed"]) == (2, 1, 1)
+    bad = counts["failed_runs"][0]
+    assert "masking-r0.5" in bad["run_dir"] and bad["error"]
+    assert records.read_record(bad["run_dir"])["status"] == "failed"
+    rc, counts = run_json([str(sweep), *fast_smoke], capsys)
+    assert rc == 1 and counts["launched"] == 1 and counts["finished"] == 1
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_each_run_in_its_own_process(tmp_path, fast_smoke, capsys):
+    rc, counts = run_json(
+        ["sweeps/smoke.yaml", "seed=1", "cluster=submitit_local", "cluster.parallel=2", *fast_smoke], capsys
+    )
+    assert rc == 0 and counts["finished"] == counts["launched"] == 2
+    for folder in _folders(fast_smoke, "1e-2", seeds=(1,)) + _folders(fast_smoke, "3e-2", seeds=(1,)):
+        assert records.read_record(folder)["status"] == "finished"
+    logs = list((tmp_path / "sweeps").rglob("*_log.out"))
+    assert len(logs) == 2
+
+
+def test_a_corrupt_record_counts_as_failed_and_is_never_overwritten(tmp_path, fast_smoke, capsys):
+    corrupt, _ = _folders(fast_smoke, "1e-2")
+    corrupt.mkdir(parents=True)
+    (corrupt / records.RECORD_FILE).write_text('{"status": "finished", "test_metric": 0.')
+    rc, counts = run_json(["sweeps/smoke.yaml", "optim.lr=1e-2", *fast_smoke, "--dry-run"], capsys)
+    assert (counts["total"], counts["failed"], counts["corrupt"], counts["missing"]) == (2, 1, 1, 1)
+    bad = counts["failed_runs"][0]
+    assert bad["run_dir"] == str(corrupt) and str(corrupt / records.RECORD_FILE) in bad["error"]
+    rc = main(["sweeps/smoke.yaml", "optim.lr=1e-2", "seed=1", *fast_smoke, "--json"])
+    out = capsys.readouterr()
+    counts = json.loads(out.out.strip().splitlines()[-1])
+    assert rc == 1 and counts["launched"] == 0 and counts["failed"] == 1
+    assert (corrupt / records.RECORD_FILE).read_text() == '{"status": "finished", "test_metric": 0.'
+    assert "force=true" in out.err
+
+
+@pytest.mark.slow
+def test_force_relaunches_a_corrupt_record(tmp_path, fast_smoke, capsys):
+    corrupt, _ = _folders(fast_smoke, "1e-2")
+    corrupt.mkdir(parents=True)
+    (corrupt / records.RECORD_FILE).write_text("not json")
+    rc, counts = run_json(["sweeps/smoke.yaml", "optim.lr=1e-2", "seed=1", "force=true", *fast_smoke], capsys)
+    assert rc == 0 and counts["launched"] == 1 and counts["finished"] == 1
+    assert records.read_record(corrupt)["status"] == "finished"
