@@ -26,6 +26,7 @@ from rmpeft.models import (
 )
 from rmpeft.objectives import Objective, build_objective, objective_type
 from rmpeft.scoring import Batch
+from rmpeft.sparse import set_strategy_cache_dir
 from rmpeft.validation import validate
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -124,6 +125,7 @@ def build_run(cfg: DictConfig, accelerator: Any = None, apply_method: ApplyMetho
     micro = batch // (accum * world)
     ctx = MethodContext(seed=int(cfg.seed), total_params=total_params, total_steps=total_steps(cfg, len(splits["train"])),
                         model_cfg=cfg.model, tokenizer=tokenizer, device=accelerator.device)
+    set_strategy_cache_dir(cfg.cache_dir)     # the sparse engine's per-shape strategy decisions live there
     handle = (apply_method or method.apply)(model, cfg.method, ctx)
     for p in handle.trainable_parameters():
         if p.dtype != torch.float32:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -28,13 +27,12 @@ from rmpeft.data import Example
 from rmpeft.deltas.export import keep_run_delta
 from rmpeft.errors import RmpeftError, unknown_choice
 from rmpeft.loggers import RunLogger, build_logger
+from rmpeft.optim import build_optimizer, build_scheduler
 from rmpeft.records import RunRecord
+from rmpeft.run_stats import Timer, examples_in, peak_memory
 from rmpeft.run import Run, batch_loss, build_run, check_config, make_accelerator, total_steps, train_loader
 
 log = logging.getLogger(__name__)
-
-OPTIMIZERS = ("adamw",)
-SCHEDULERS = ("constant", "linear", "cosine")
 
 
 class Diverged(Exception):
@@ -66,63 +64,8 @@ def evaluate(run: Run, examples: list[Example], desc: str = "eval",
     return run.objective.aggregate(gathered)
 
 
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _examples_in(batch: Any) -> int:
-    """Examples in one training batch (text: one per candidate group; images: one per label)."""
-    groups = getattr(batch, "num_candidates", None)
-    if groups is not None:
-        return len(groups)
-    labels = getattr(batch, "labels", None)
-    return int(labels.shape[0]) if labels is not None else 0
-
-
-class Timer:
-    """Seconds and examples spent training and evaluating: the record's throughput fields."""
-
-    def __init__(self) -> None:
-        self.train_s = self.eval_s = 0.0
-        self.train_examples = self.eval_examples = 0
-
-    def fill(self, rec: RunRecord) -> None:
-        rec.train_s, rec.eval_s = round(self.train_s, 3), round(self.eval_s, 3)
-        rec.train_examples_per_s = round(self.train_examples / self.train_s, 3) if self.train_s > 0 else None
-        rec.eval_examples_per_s = round(self.eval_examples / self.eval_s, 3) if self.eval_s > 0 else None
-
-
-def _optimizer(run: Run) -> torch.optim.Optimizer:
-    o = run.cfg.optim
-    if o.name not in OPTIMIZERS:
-        raise RmpeftError(f"unknown optim.name '{o.name}'; valid choices: {', '.join(OPTIMIZERS)}")
-    if not (float(o.lr) > 0):
-        raise RmpeftError(f"optim.lr must be positive, got {o.lr}")
-    return torch.optim.AdamW(run.handle.trainable_parameters(), lr=float(o.lr), betas=tuple(o.betas),
-                             eps=float(o.eps), weight_decay=float(o.weight_decay))
-
-
-def _scheduler(opt: torch.optim.Optimizer, cfg: DictConfig, steps: int):
-    from transformers import (
-        get_constant_schedule_with_warmup,
-        get_cosine_schedule_with_warmup,
-        get_linear_schedule_with_warmup,
-    )
-
-    kind, warm = cfg.optim.scheduler, int(cfg.optim.warmup_steps)
-    if kind == "constant":
-        return get_constant_schedule_with_warmup(opt, warm)
-    if kind == "linear":
-        return get_linear_schedule_with_warmup(opt, warm, steps)
-    if kind == "cosine":  # half a cosine from the peak to 0 over the steps after warm-up
-        return get_cosine_schedule_with_warmup(opt, warm, steps)
-    raise RmpeftError(f"unknown optim.scheduler '{kind}'; valid choices: {', '.join(SCHEDULERS)}")
 
 
 EPOCH_SELECTIONS = ("val_metric", "val_loss", "last")
@@ -171,8 +114,8 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None], t
     # FSDP requires.
     model = acc.prepare(run.handle.model)
     run.handle.model = model
-    opt = _optimizer(run)
-    opt, sched = acc.prepare(opt, _scheduler(opt, cfg, total_steps(cfg, len(run.splits["train"]))))
+    opt = build_optimizer(run.handle.trainable_parameters(), cfg.optim)
+    opt, sched = acc.prepare(opt, build_scheduler(opt, cfg.optim, total_steps(cfg, len(run.splits["train"]))))
     params = run.handle.trainable_parameters()
     best_val, best_loss, best_state = -math.inf, math.inf, None
     select_by = str(cfg.trainer.get("select_epoch_by", "val_metric"))
@@ -185,7 +128,7 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None], t
                    disable=not (cfg.trainer.progress and acc.is_main_process))
         tick = time.perf_counter()
         for batch in bar:
-            timer.train_examples += _examples_in(batch)
+            timer.train_examples += examples_in(batch)
             with acc.accumulate(model):
                 with acc.autocast():
                     loss = batch_loss(run, batch)
@@ -270,7 +213,7 @@ def _finish(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None
         _train_and_test(run, rec, logger, save, timer, beat)
     rec.method_state = run.handle.state_for_record()
     timer.fill(rec)
-    rec.peak_mem_bytes = _peak_memory(run.device)
+    rec.peak_mem_bytes = peak_memory(run.device)
     rec.max_batch_tokens = getattr(run.objective, "max_batch_tokens", 0) or None
 
 

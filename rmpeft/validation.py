@@ -19,6 +19,7 @@ from typing import Any
 
 from rmpeft.errors import RmpeftError
 from rmpeft.identity import as_dict, get_path
+from rmpeft.optim import OPTIMIZERS, SCHEDULERS
 
 _MISSING = object()
 
@@ -90,12 +91,12 @@ COMMON_FIELDS: dict[str, Spec] = {
     "task.num_test": Int(1, nullable=True),
     "task.full_train": BOOL,
     "task.objective": Spec("choice", choices=("classification", "lm"), required=False),
-    "optim.name": Choice("adamw"),
+    "optim.name": Choice(*OPTIMIZERS),
     "optim.lr": Float(0, low_open=True),
     "optim.betas": Spec("float_pair", low=0, high=1),
     "optim.eps": Float(0, low_open=True),
     "optim.weight_decay": Float(0),
-    "optim.scheduler": Choice("constant", "linear", "cosine"),
+    "optim.scheduler": Choice(*SCHEDULERS),
     "optim.warmup_steps": Int(0),
     "optim.max_grad_norm": Float(0, low_open=True, nullable=True),
     "trainer.epochs": Int(1),

@@ -16,12 +16,23 @@ import torch
 
 from rmpeft.bench import main
 from rmpeft.bench.cli import available_names
-from rmpeft.bench.steps import expected_state_bytes
+from rmpeft.bench.report import check_targets, summarize
+from rmpeft.bench.steps import Row, expected_state_bytes
 from rmpeft.bench.workload import DTYPES, build_model
 from rmpeft.config import group_choices
 from rmpeft.models import build_model_on_meta, count_parameters
+from rmpeft.sparse import strategy_tuning
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def strategy_cache(tmp_path_factory):
+    """The torch backend's strategy decisions go to a temporary folder, not the user's cache."""
+    saved = (strategy_tuning._cache_dir, strategy_tuning._cache_dir_set)
+    strategy_tuning.set_strategy_cache_dir(tmp_path_factory.mktemp("strategies"))
+    yield
+    strategy_tuning._cache_dir, strategy_tuning._cache_dir_set = saved
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +45,8 @@ def small_rows():
 
 
 def test_small_rows_and_columns(small_rows):
-    keys = {"method", "ratio", "backend", "step_s", "ratio_to_floor", "peak_mem_bytes", "trainable_params",
-            "trainable_state_bytes"}
+    keys = {"method", "ratio", "backend", "step_s", "spread", "ratio_to_floor", "ratio_to_lora", "round_step_s",
+            "peak_mem_bytes", "trainable_params", "trainable_state_bytes"}
     assert all(set(r) == keys for r in small_rows)
     got = [(r["method"], r["ratio"], r["backend"]) for r in small_rows]
     assert got == [("floor", None, None), ("masking", 0.1, "torch"), ("masking", 0.1, "dense"),
@@ -43,8 +54,27 @@ def test_small_rows_and_columns(small_rows):
                    ("structured_masking", 0.001, "columns"), ("lora", None, None), ("ft", None, None)]
     floor = small_rows[0]
     assert floor["ratio_to_floor"] == 1.0 and floor["trainable_params"] == 0 and floor["trainable_state_bytes"] == 0
-    for r in small_rows:
-        assert r["step_s"] > 0 and math.isclose(r["ratio_to_floor"], r["step_s"] / floor["step_s"])
+    lora = next(r for r in small_rows if r["method"] == "lora")
+    for r in small_rows:       # one round: the ratios are those of the step times, the spread is zero
+        assert r["step_s"] > 0 and r["round_step_s"] == [r["step_s"]] and r["spread"] == 0.0
+        assert math.isclose(r["ratio_to_floor"], r["step_s"] / floor["step_s"])
+        assert math.isclose(r["ratio_to_lora"], r["step_s"] / lora["step_s"])
+
+
+def test_rounds_report_median_spread_and_within_round_ratios():
+    rows = [Row("floor"), Row("masking", 0.01, "torch"), Row("lora")]
+    times = {"floor/None/None": [[1.0, 1.2, 1.1], [2.0, 2.0], [1.0]],     # round 2: the machine slowed down
+             "masking/0.01/torch": [[1.05], [2.2], [1.1]],
+             "lora/None/None": [[1.0], [2.0], [1.0]]}
+    summarize(rows, times)
+    floor, masking, lora = rows
+    assert floor.round_step_s == [1.1, 2.0, 1.0] and floor.step_s == 1.1
+    assert math.isclose(floor.spread, (2.0 - 1.0) / 1.1)
+    assert masking.step_s == 1.1 and math.isclose(masking.ratio_to_floor, 1.1)      # median of 1.05/1.1, 1.1, 1.1
+    assert math.isclose(masking.ratio_to_lora, 1.1)                                  # median of 1.05, 1.1, 1.1
+    lines = check_targets(rows)
+    assert any(ln.startswith("ok") and "masking <= 1% step time vs floor" in ln for ln in lines)
+    assert any(ln.startswith("MISS") and "masking <= 1% step time vs LoRA" in ln and "1.100" in ln for ln in lines)
 
 
 def test_small_trainable_counts_and_state(small_rows):
@@ -85,10 +115,12 @@ def test_table_output_and_targets(capsys):
     assert "small-shaped random OPT" in out and "x floor" in out and "B/entry" in out
     lines = [ln for ln in out.splitlines() if ln.startswith("masking ")]
     assert len(lines) == 1 and "0.1%" in lines[0] and "torch" in lines[0]
-    assert "targets:" in out and "masking <= 0.1% vs floor" in out
+    assert "targets:" in out and "masking <= 1% step time vs floor" in out and "spread" in out
 
 
 def test_bad_arguments(capsys):
+    assert main(["--small", "--rounds", "0"]) == 2
+    assert "--rounds 0: must be at least 1" in capsys.readouterr().err
     assert main(["--small", "--model", "gpt5"]) == 2
     err = capsys.readouterr().err
     assert f"unknown --model 'gpt5'; valid choices: {', '.join(sorted([*group_choices('model'), 'small']))}" in err
@@ -108,8 +140,8 @@ def test_gpu_check_script_syntax():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback only runs without CUDA")
-def test_gpu_check_cpu_fallback():
-    env = dict(os.environ, RMPEFT_GPU_CHECK_TINY="1", PYTHON=sys.executable)
+def test_gpu_check_cpu_fallback(tmp_path):
+    env = dict(os.environ, RMPEFT_GPU_CHECK_TINY="1", PYTHON=sys.executable, RMPEFT_CACHE=str(tmp_path))
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--only-masking"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -103,3 +103,17 @@ def test_rmpeft_identity_names_the_folder_train_writes(smoke_overrides, capsys):
     assert json.loads(capsys.readouterr().out)["status"] == "finished"
     assert main(overrides + ["method.r=abc"]) == 2
     assert capsys.readouterr().err.strip() == "rmpeft-identity: error: method.r='abc' is invalid; expected an integer in [1, inf]"
+
+
+def test_configs_recorded_before_identities_keep_theirs():
+    """Resolved configs as records stored them before run identities (and the fields added since)
+    existed have the same identity as today's compose of the same command line, so `rmpeft-migrate`
+    moves old runs exactly where a relaunch looks for them."""
+    from rmpeft.identity import differing_fields, run_identity
+
+    stored = json.loads((REPO / "tests" / "fixtures" / "configs_before_identity.json").read_text())
+    assert len(stored) >= 9
+    for entry in stored:
+        new = compose_train(entry["overrides"])
+        assert records.identity_hash(entry["config"]) == records.identity_hash(new), (
+            entry["overrides"], differing_fields(run_identity(entry["config"]), run_identity(new)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -213,10 +214,17 @@ def test_optimizer_state_size_equals_formula():
     assert total == expected_state_bytes([7, 100, 1200], 4, 4 * nnz) == 20 * nnz + 12
 
 
-def test_strategy_tuning_caches_one_decision_per_key():
+@pytest.fixture(autouse=True)
+def strategy_cache(tmp_path, monkeypatch):
+    """Every test: decisions stored in a fresh folder; this process' memory of them cleared before and after."""
+    monkeypatch.setattr(strategy_tuning, "_cache_dir", tmp_path)
+    monkeypatch.setattr(strategy_tuning, "_cache_dir_set", True)
     strategy_tuning.reset_strategy_decisions()
-    calls = {"a": 0, "b": 0}
+    yield tmp_path / strategy_tuning.CACHE_FILE
+    strategy_tuning.reset_strategy_decisions()
 
+
+def _counted_candidates(calls):
     def fast():
         calls["a"] += 1
 
@@ -224,12 +232,97 @@ def test_strategy_tuning_caches_one_decision_per_key():
         calls["b"] += 1
         torch.randn(300, 300) @ torch.randn(300, 300)
 
-    assert strategy_tuning.choose(("k",), {"a": fast, "b": slow}, torch.device("cpu")) == "a"
+    return {"a": fast, "b": slow}
+
+
+def test_strategy_tuning_caches_one_decision_per_key(strategy_cache):
+    calls = {"a": 0, "b": 0}
+    cands = _counted_candidates(calls)
+    assert strategy_tuning.choose(("k",), cands, torch.device("cpu")) == "a"
     before = dict(calls)
-    assert strategy_tuning.choose(("k",), {"a": fast, "b": slow}, torch.device("cpu")) == "a"
+    assert strategy_tuning.choose(("k",), cands, torch.device("cpu")) == "a"
     assert calls == before                       # cached: nothing re-timed
     assert strategy_tuning.strategy_decisions() == {"k": "a"}
+
+
+def test_strategy_decisions_are_stored_per_machine_and_reused(strategy_cache):
+    calls = {"a": 0, "b": 0}
+    cands = _counted_candidates(calls)
+    assert strategy_tuning.choose(("k", 1), cands, torch.device("cpu")) == "a"
+    stored = json.loads(strategy_cache.read_text())
+    key = f"k/1 @ {strategy_tuning.machine(torch.device('cpu'))}"
+    assert stored == {key: "a"} and f"{torch.get_num_threads()} threads" in key and torch.__version__ in key
+    # A new process (memory cleared) reads the stored decision instead of measuring, even one that a
+    # measurement here would not make.
+    strategy_cache.write_text(json.dumps({key: "b"}))
     strategy_tuning.reset_strategy_decisions()
+    before = dict(calls)
+    assert strategy_tuning.choose(("k", 1), cands, torch.device("cpu")) == "b" and calls == before
+    # Another thread count is another machine: measured again, and both decisions kept.
+    threads = torch.get_num_threads()
+    strategy_tuning.reset_strategy_decisions()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert strategy_tuning.choose(("k", 1), cands, torch.device("cpu")) == "a" and calls != before
+    finally:
+        torch.set_num_threads(threads)
+    assert len(json.loads(strategy_cache.read_text())) == 2
+    # A stored name that is no candidate here (an older version's) is measured again.
+    strategy_cache.write_text(json.dumps({key: "gone"}))
+    strategy_tuning.reset_strategy_decisions()
+    assert strategy_tuning.choose(("k", 1), cands, torch.device("cpu")) == "a"
+
+
+def test_strategy_memory_only_and_unwritable_cache(strategy_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(strategy_tuning, "_cache_dir_set", False)
+    monkeypatch.setattr(strategy_tuning, "_cache_dir", None)
+    monkeypatch.setenv("RMPEFT_CACHE", str(tmp_path / "env"))
+    assert strategy_tuning.strategy_cache_file() == tmp_path / "env" / strategy_tuning.CACHE_FILE
+    strategy_tuning.set_strategy_cache_dir(None)
+    assert strategy_tuning.strategy_cache_file() is None
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    strategy_tuning.set_strategy_cache_dir(blocker / "sub")            # cannot be created: no error
+    strategy_tuning.reset_strategy_decisions()
+    try:
+        assert strategy_tuning.choose(("u",), _counted_candidates({"a": 0, "b": 0}), torch.device("cpu")) == "a"
+    finally:
+        strategy_tuning.reset_strategy_decisions()
+
+
+def test_csr_structure_is_reused_until_the_index_changes():
+    from rmpeft.sparse.indexing import crow_indices, csr_structure, rows_cols
+
+    index = sample_positions(7 * 5, 9, torch.Generator().manual_seed(0))
+    crow, cols = csr_structure(index, (7, 5))
+    rows, want_cols = rows_cols(index, 5)
+    assert torch.equal(crow, crow_indices(rows, 7)) and torch.equal(cols, want_cols)
+    assert csr_structure(index, (7, 5))[0] is crow                      # kept on the index tensor
+    index.copy_(sample_positions(7 * 5, 9, torch.Generator().manual_seed(1)))   # changed in place: rebuilt
+    crow2, _ = csr_structure(index, (7, 5))
+    assert crow2 is not crow and torch.equal(crow2, crow_indices(rows_cols(index, 5)[0], 7))
+    assert torch.equal(csr_structure(index, (5, 7))[0], crow_indices(rows_cols(index, 7)[0], 5))
+
+
+def test_strategy_decision_keeps_the_default_within_the_margin():
+    times = {"rule": [1.0, 1.0, 5.0], "other": [0.95, 0.92, 0.1]}        # medians 1.0 vs 0.92
+    assert strategy_tuning.decide(times, "rule") == "rule"
+    assert strategy_tuning.decide(times, None) == "other"
+    assert strategy_tuning.decide({"rule": [1.0] * 3, "other": [0.8] * 3}, "rule") == "other"
+    assert strategy_tuning.decide({"rule": [1.0] * 3, "other": [0.8] * 3}, "missing") == "other"
+
+
+def test_strategy_measure_skips_failing_and_drops_slow_candidates():
+    calls = {"a": 0, "b": 0}
+
+    def broken():
+        raise RuntimeError("no kernel for this dtype")
+
+    times = strategy_tuning.measure({"x": broken, **_counted_candidates(calls)}, torch.device("cpu"), reps=5)
+    assert set(times) == {"a", "b"} and len(times["a"]) == 5
+    assert len(times["b"]) < 5                                         # far slower: dropped after a round
+    with pytest.raises(RuntimeError, match="no kernel"):
+        strategy_tuning.measure({"x": broken}, torch.device("cpu"))
 
 
 def test_sample_positions_is_exact_distinct_sorted_and_seeded():

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import sys
 from dataclasses import asdict
 
@@ -33,12 +32,12 @@ import torch
 from torch import nn
 
 from rmpeft.bench.e2e import check_e2e_targets, e2e_table, memory_rows, memory_table, run_e2e
-from rmpeft.bench.report import check_targets, table
+from rmpeft.bench.report import check_targets, summarize, table
 from rmpeft.bench.steps import CLOCKS, Memory, Row, run_row
 from rmpeft.bench.workload import DTYPES, TARGETS, build_model, make_batch, model_choices
 from rmpeft.errors import RmpeftError, unknown_choice
 from rmpeft.models import count_parameters
-from rmpeft.sparse import available_backends, reset_strategy_decisions, strategy_decisions
+from rmpeft.sparse import available_backends, reset_strategy_decisions, strategy_cache_file, strategy_decisions
 
 MASKING_RATIOS = (0.1, 0.01, 0.001, 0.0001, 0.00001)
 STRUCTURED_RATIO = 0.001
@@ -72,7 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per row and round (default 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before them (default 1)")
     p.add_argument("--rounds", type=int, default=1,
-                   help="passes over all rows; step times are pooled (interleaving evens out machine noise)")
+                   help="passes over all rows; each row reports the median of its round medians and their spread, "
+                        "and ratios are taken within each round (rows of one round ran close in time)")
     p.add_argument("--ratios", type=float, nargs="+", default=list(MASKING_RATIOS),
                    help="Random Masking ratios (share of all parameters)")
     p.add_argument("--backends", nargs="+", default=None,
@@ -115,6 +115,8 @@ def _run(args: argparse.Namespace) -> int:
         raise unknown_choice("--dtype", dname, DTYPES)
     batch_n, seq = args.batch or (4 if args.small else 8), args.seq or (64 if args.small else 128)
     steps = args.steps if args.steps is not None else (2 if args.small else 3)
+    if args.rounds < 1:
+        raise RmpeftError(f"--rounds {args.rounds}: must be at least 1")
     warmup = args.warmup if args.warmup is not None else 1
     if args.clock == "cpu" and device.type == "cuda":
         raise RmpeftError("--clock cpu measures CPU work; GPU runs are timed with --clock wall")
@@ -146,12 +148,12 @@ def _run(args: argparse.Namespace) -> int:
     gc.freeze()  # the libraries' objects: later collections only scan what the rows create
 
     # Timing pass(es). On CUDA the allocator's statistics give memory in the same pass.
-    times: dict[str, list[float]] = {r.label: [] for r in runnable}
+    times: dict[str, list[list[float]]] = {r.label: [] for r in runnable}
     cuda_memory = Memory(device) if device.type == "cuda" else None
     for rnd in range(args.rounds):
         for row in runnable:
-            times[row.label] += run_row(model, row, batch, total, device, warmup, steps,
-                                        cuda_memory if rnd == 0 else None, args.clock)
+            times[row.label].append(run_row(model, row, batch, total, device, warmup, steps,
+                                            cuda_memory if rnd == 0 else None, args.clock))
     # CPU memory pass: one step per row, after all timings (see Memory).
     if device.type == "cpu" and Memory.cpu_supported():
         Memory.prepare_cpu()
@@ -162,32 +164,29 @@ def _run(args: argparse.Namespace) -> int:
             run_row(model, row, batch, total, device, 0, 1, mem)
             row.trainable_params, row.trainable_state_bytes = saved
 
-    for row in runnable:
-        row.step_s = statistics.median(times[row.label]) if times[row.label] else None
-    floor = rows[0].step_s
-    for row in runnable:
-        if row.step_s is not None and floor:
-            row.ratio_to_floor = row.step_s / floor
-
+    summarize(runnable, times)
     if args.json:
-        keys = ("method", "ratio", "backend", "step_s", "ratio_to_floor", "peak_mem_bytes", "trainable_params",
-                "trainable_state_bytes")
+        keys = ("method", "ratio", "backend", "step_s", "spread", "ratio_to_floor", "ratio_to_lora",
+                "round_step_s", "peak_mem_bytes", "trainable_params", "trainable_state_bytes")
         print(json.dumps([{k: asdict(r)[k] for k in keys} for r in rows], indent=1))
         return 0
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else f", {torch.cuda.get_device_name()}"
     print(f"rmpeft-bench: {shape}-shaped random {model.config.model_type.upper()} ({total / 1e6:.1f}M parameters; "
           f"q_proj/v_proj hold {100 * targets / total:.2f}%), batch {batch_n} x {seq} tokens, {dname}, "
           f"{device.type}{threads}, torch {torch.__version__}")
-    print(f"step time ({args.clock} clock): median of {steps * args.rounds} timed AdamW steps per row "
-          f"({warmup} warm-up each, {args.rounds} round(s)); peak memory: above the frozen model, during "
-          f"attach + step")
+    print(f"step time ({args.clock} clock): per round, the median of {steps} timed AdamW steps per row "
+          f"({warmup} warm-up each); over {args.rounds} round(s): the median, the spread (max - min) of the "
+          f"round medians and the median of the per-round ratios to the floor and to LoRA; peak memory: above "
+          f"the frozen model, during attach + step")
     print(table(rows))
     print("targets:")
     for line in check_targets(rows):
         print("  " + line)
     chosen = strategy_decisions()
     if chosen:
-        print("torch backend strategies (shape/entries/tokens/dtype/device: choice):")
+        where = strategy_cache_file()
+        print(f"torch backend strategies (shape/entries/tokens/dtype/device: choice; stored in "
+              f"{where or 'memory only'}):")
         for key, choice in chosen.items():
             print(f"  {key.removeprefix('torch/')}: {choice}")
     return 0

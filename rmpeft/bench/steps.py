@@ -24,8 +24,11 @@ class Row:
     method: str
     ratio: float | None = None
     backend: str | None = None
-    step_s: float | None = None
-    ratio_to_floor: float | None = None
+    step_s: float | None = None          # median over rounds of each round's median step time
+    spread: float | None = None          # (max - min) / median of the round medians
+    ratio_to_floor: float | None = None  # median over rounds of the round's ratio to the floor
+    ratio_to_lora: float | None = None   # the same, to the LoRA row (when it ran)
+    round_step_s: list[float] | None = None
     peak_mem_bytes: int | None = None
     trainable_params: int = 0
     trainable_state_bytes: int = 0

@@ -37,7 +37,6 @@ from rmpeft.data.formats import (
     read_json,
     read_jsonl,
     read_tsv,
-    require_file,
     where,
 )
 

@@ -127,8 +127,24 @@ def _common(model: nn.Module, cfg: Any, ctx: MethodContext):
     return targets, sizes, k, facts
 
 
+class MaskedDeltas(Method):
+    """Delta export, loading and merging shared by both masking methods: the trained entries (values
+    and their positions in the weight) of every masked layer."""
+
+    def export_delta(self, handle: MaskingHandle, folder: Path) -> dict[str, Any]:
+        return export_masked(handle.layers, folder, self.name, handle.extra.get("backend"))
+
+    def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MaskingHandle:
+        layers = apply_masked(model, delta, ctx)
+        return MaskingHandle(model=model, name=self.name, extra=dict(delta.meta.get("method_state") or {}),
+                             layers=layers)
+
+    def merged_model(self, handle: MethodHandle) -> nn.Module:
+        return merge_masked(handle.model)
+
+
 @register_method("masking")
-class RandomMasking(Method):
+class RandomMasking(MaskedDeltas):
     """Uniformly random trainable entries of the target matrices."""
 
     config_fields = {"ratio": Float(0, 1, low_open=True), "target_modules": MODULES,
@@ -160,17 +176,6 @@ class RandomMasking(Method):
         facts.update(backend_facts, trainable=sum(counts), density=k / sum(sizes),
                      per_module=dict(zip(targets, counts)))
         return MaskingHandle(model=model, name=self.name, extra=facts, layers=layers)
-
-    def export_delta(self, handle: MaskingHandle, folder: Path) -> dict[str, Any]:
-        return export_masked(handle.layers, folder, self.name, handle.extra.get("backend"))
-
-    def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MaskingHandle:
-        layers = apply_masked(model, delta, ctx)
-        return MaskingHandle(model=model, name=self.name, extra=dict(delta.meta.get("method_state") or {}),
-                             layers=layers)
-
-    def merged_model(self, handle: MethodHandle) -> nn.Module:
-        return merge_masked(handle.model)
 
 
 def select_columns(widths: list[int], heights: list[int], k: int, order: str, seed: int) -> list[list[int]]:
@@ -241,7 +246,7 @@ def _per_matrix_layers(targets: dict[str, nn.Linear], cfg: Any, facts: dict[str,
 
 
 @register_method("structured_masking")
-class StructuredMasking(Method):
+class StructuredMasking(MaskedDeltas):
     """Trainable columns of the target matrices (``layout``: pooled whole columns or per matrix)."""
 
     config_fields = {"ratio": Float(0, 1, low_open=True), "target_modules": MODULES,
@@ -272,13 +277,3 @@ class StructuredMasking(Method):
                      per_module={q: len(c) for q, c in zip(targets, columns)})
         return MaskingHandle(model=model, name=self.name, extra=facts, layers=layers)
 
-    def export_delta(self, handle: MaskingHandle, folder: Path) -> dict[str, Any]:
-        return export_masked(handle.layers, folder, self.name, handle.extra.get("backend"))
-
-    def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MaskingHandle:
-        layers = apply_masked(model, delta, ctx)
-        return MaskingHandle(model=model, name=self.name, extra=dict(delta.meta.get("method_state") or {}),
-                             layers=layers)
-
-    def merged_model(self, handle: MethodHandle) -> nn.Module:
-        return merge_masked(handle.model)

@@ -33,11 +33,17 @@ from rmpeft.sparse.sampling import (
     take_columns,
 )
 from rmpeft.sparse.selection import select_backend, use_backend
-from rmpeft.sparse.strategy_tuning import reset_strategy_decisions, strategy_decisions
+from rmpeft.sparse.strategy_tuning import (
+    reset_strategy_decisions,
+    set_strategy_cache_dir,
+    strategy_cache_file,
+    strategy_decisions,
+)
 
 __all__ = [
     "BACKEND_NAMES", "ColumnMaskedLinear", "MaskedLinear", "SparseBackend", "available_backends",
     "column_order", "get_backend", "index_dtype", "layer_state_bytes", "masked_layers", "patch",
-    "reset_strategy_decisions", "sample_positions", "select_backend", "split_count", "strategy_decisions",
+    "reset_strategy_decisions", "sample_positions", "select_backend", "set_strategy_cache_dir", "split_count",
+    "strategy_cache_file", "strategy_decisions",
     "take_columns", "unpatch", "use_backend",
 ]

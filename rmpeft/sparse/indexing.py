@@ -25,6 +25,23 @@ def crow_indices(rows: torch.Tensor, out_features: int) -> torch.Tensor:
     return crow.to(rows.dtype)
 
 
+def csr_structure(index: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR row offsets and column indices of sorted positions, in the index dtype.
+
+    The row offsets (``out_features + 1`` integers, nothing per entry) are kept on the index tensor itself
+    and reused while it is unchanged (same shape and version), so a training step does not rebuild them
+    in every layer's forward and backward; the columns are one remainder.
+    """
+    out_features, in_features = shape
+    key = (out_features, in_features, index._version)
+    cached = getattr(index, "_rmpeft_crow", None)
+    if cached is None or cached[0] != key:
+        rows = torch.div(index, in_features, rounding_mode="floor")
+        cached = (key, crow_indices(rows, out_features))
+        index._rmpeft_crow = cached
+    return cached[1], torch.remainder(index, in_features)
+
+
 def merged_weight(weight: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
                   dtype: torch.dtype | None = None) -> torch.Tensor:
     """A fresh ``W + S`` in ``dtype`` (``weight`` itself is never modified)."""

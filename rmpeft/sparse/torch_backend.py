@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 
 from rmpeft.sparse import strategy_tuning
 from rmpeft.sparse.base import SparseBackend, compute_dtype
-from rmpeft.sparse.indexing import can_patch_in_place, crow_indices, rows_cols, weight_with_delta
+from rmpeft.sparse.indexing import can_patch_in_place, csr_structure, rows_cols, weight_with_delta
 
 FORWARD_STRATEGIES = ("inplace", "merged", "split")
 SDDMM_STRATEGIES = ("sampled_addmm", "gather", "tiles")
@@ -53,18 +53,18 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _csr(index: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    rows, cols = rows_cols(index, shape[1])
+    crow, cols = csr_structure(index, shape)
     with warnings.catch_warnings():  # torch's "CSR support is in beta" notice says nothing to a user
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow_indices(rows, shape[0]), cols, values, shape, check_invariants=False)
+        return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
 
 
 # --- forward / input gradient -------------------------------------------------------------------
 
 def _forward_patched(in_place: bool):
-    def forward(x2, weight, values, index, dtype):
+    def forward(x2, weight, bias, values, index, dtype):
         with weight_with_delta(weight, values, index, dtype, in_place) as w:
-            return F.linear(x2, w)
+            return F.linear(x2, w, None if bias is None else bias.to(dtype))   # bias fused: one addmm
     return forward
 
 
@@ -75,8 +75,8 @@ def _grad_input_patched(in_place: bool):
     return grad_input
 
 
-def forward_split(x2, weight, values, index, dtype):
-    y = F.linear(x2, weight.to(dtype))
+def forward_split(x2, weight, bias, values, index, dtype):
+    y = F.linear(x2, weight.to(dtype), None if bias is None else bias.to(dtype))
     sdt = _sparse_dtype(dtype)
     s = _csr(index, values.to(sdt), tuple(weight.shape))
     return y.add_((s @ x2.to(sdt).T).T.to(dtype))
@@ -94,6 +94,7 @@ def grad_input_split(g2, weight, values, index, dtype):
 def sddmm_sampled_addmm(g2, x2, index, shape):
     """``(g2.T @ x2)`` at ``index`` with torch.sparse.sampled_addmm (fp32 accumulation)."""
     sdt = _sparse_dtype(g2.dtype)
+    # zeros, not empty: the CPU kernel multiplies the pattern's values by beta=0, so NaN garbage would stay
     pattern = _csr(index, torch.zeros(index.numel(), dtype=sdt, device=g2.device), shape)
     return torch.sparse.sampled_addmm(pattern, g2.T.to(sdt), x2.to(sdt), beta=0.0).values()
 
@@ -114,8 +115,7 @@ def sddmm_gather(g2, x2, index, shape):
 def sddmm_tiles(g2, x2, index, shape):
     """Dense products of row blocks of ``g2.T @ x2``, keeping the masked entries of each block."""
     out_features, in_features = shape
-    rows, _ = rows_cols(index, in_features)
-    crow = crow_indices(rows, out_features).tolist()
+    crow = csr_structure(index, shape)[0].tolist()
     block = max(1, _CHUNK_ELEMENTS // max(1, in_features))
     gt = g2.T
     out = torch.empty(index.numel(), dtype=_acc_dtype(g2.dtype), device=g2.device)
@@ -166,9 +166,10 @@ class _Choice:
     def pick(self, what: str, setting: str, rule, candidates) -> str:
         if setting != "auto":
             return setting
+        default = rule(self.weight, self.dtype, self.nnz, self.tokens)
         if not self.backend.autotune:
-            return rule(self.weight, self.dtype, self.nnz, self.tokens)
-        return strategy_tuning.choose(("torch", what, *self.key), candidates(), self.weight.device)
+            return default
+        return strategy_tuning.choose(("torch", what, *self.key), candidates(), self.weight.device, default)
 
 
 class _MaskedLinearFn(torch.autograd.Function):
@@ -180,11 +181,9 @@ class _MaskedLinearFn(torch.autograd.Function):
         x2 = x.reshape(-1, in_features).to(dtype)
         choice = _Choice(backend, weight, index.numel(), x2.shape[0], dtype)
         fwd = choice.pick("forward", backend.forward_strategy, rule_forward,
-                          lambda: {n: (lambda f=f: f(x2, weight, values, index, dtype))
+                          lambda: {n: (lambda f=f: f(x2, weight, bias, values, index, dtype))
                                    for n, f in _FORWARD.items() if n in choice.patch_candidates})
-        y = _FORWARD[fwd](x2, weight, values, index, dtype)
-        if bias is not None:
-            y = y.add_(bias.to(dtype))
+        y = _FORWARD[fwd](x2, weight, bias, values, index, dtype)
         ctx.save_for_backward(x if ctx.needs_input_grad[3] else None, weight, values, index)
         ctx.choice, ctx.dtype, ctx.x_shape, ctx.x_dtype = choice, dtype, x.shape, x.dtype
         return y.view(*x.shape[:-1], out_features)
