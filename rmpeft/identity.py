@@ -38,6 +38,10 @@ EXCLUDED: tuple[str, ...] = (
     "trainer.save_delta",
     "data_root",
     "official_folders",
+    "model.paper_first_token_id",   # only feeds model.first_token_id under protocol=paper (which stays in)
+    "model.gguf.install",           # the install hint printed when the GGUF package is missing
+    "model.dtype",                  # no longer a field (precision is trainer.precision); older records have it
+    "trainer.eval_every_epoch",     # no longer a field (validation runs after every epoch); older records have it
 )
 
 # Fields introduced after records existed, at the value that reproduces the earlier behaviour.

@@ -28,6 +28,7 @@ from rmpeft import metrics, scoring
 from rmpeft.data import load_splits
 from rmpeft.data.example import Example
 from rmpeft.errors import unknown_choice
+from rmpeft.validation import TASK_OBJECTIVES
 from rmpeft.vision.data import ImageBatch, ImageExample, collate_images, load_image_splits
 
 
@@ -124,6 +125,17 @@ class TextObjective(Objective):
             self.max_batch_tokens = max(self.max_batch_tokens, out[-1].num_tokens)
         return out
 
+    @torch.no_grad()
+    def mean_loss(self, model: nn.Module, examples: list[Example], batch_size: int, device: torch.device) -> float:
+        """As :meth:`Objective.mean_loss`, with batches also bounded by ``trainer.eval_max_tokens``."""
+        total, count = 0.0, 0
+        for start in range(0, len(examples), batch_size):
+            for batch in self.eval_batches(examples[start: start + batch_size]):
+                n = len(batch.num_candidates)
+                total += float(self.loss(model, batch.to(device))) * n
+                count += n
+        return total / max(count, 1)
+
 
 @register
 class ChoiceObjective(TextObjective):
@@ -201,7 +213,6 @@ class CandidateLMObjective(ChoiceObjective):
         return super().eval_batches(examples)
 
 
-TASK_OBJECTIVES = ("classification", "lm")   # task.objective of a task with candidates
 
 
 def objective_type(task_cfg: Any) -> type[Objective]:

@@ -27,9 +27,8 @@ from rmpeft.models import (
 from rmpeft.objectives import Objective, build_objective, objective_type
 from rmpeft.scoring import Batch
 from rmpeft.sparse import set_strategy_cache_dir
-from rmpeft.validation import validate
+from rmpeft.validation import DEVICES, check_batching, validate
 
-DEVICES = ("auto", "cpu", "cuda")
 # (model, method config, context) -> handle: how build_run makes the model trainable
 ApplyMethod = Callable[[torch.nn.Module, Any, MethodContext], MethodHandle]
 
@@ -91,7 +90,10 @@ def make_accelerator(cfg: DictConfig) -> tuple[Any, str]:
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if use_cpu and mixed != "no":
         raise RmpeftError(f"trainer.precision={precision} needs a GPU; on CPU use fp32")
-    acc = Accelerator(cpu=use_cpu, mixed_precision=mixed, gradient_accumulation_steps=int(cfg.trainer.grad_accum))
+    # The trainer steps the schedule once per optimizer step (whatever the number of processes), so
+    # its length is the run's optimizer steps; Accelerate's default would step it once per process.
+    acc = Accelerator(cpu=use_cpu, mixed_precision=mixed, gradient_accumulation_steps=int(cfg.trainer.grad_accum),
+                      step_scheduler_with_optimizer=False)
     return acc, precision
 
 
@@ -119,10 +121,8 @@ def build_run(cfg: DictConfig, accelerator: Any = None, apply_method: ApplyMetho
     total_params = count_parameters(model)
 
     world = accelerator.num_processes
-    batch, accum = int(cfg.trainer.batch_size), int(cfg.trainer.grad_accum)
-    if batch % (accum * world):
-        raise RmpeftError(f"trainer.batch_size={batch} is not divisible by trainer.grad_accum={accum} x {world} processes")
-    micro = batch // (accum * world)
+    check_batching(cfg, world)
+    micro = int(cfg.trainer.batch_size) // (int(cfg.trainer.grad_accum) * world)
     ctx = MethodContext(seed=int(cfg.seed), total_params=total_params, total_steps=total_steps(cfg, len(splits["train"])),
                         model_cfg=cfg.model, tokenizer=tokenizer, device=accelerator.device)
     set_strategy_cache_dir(cfg.cache_dir)     # the sparse engine's per-shape strategy decisions live there

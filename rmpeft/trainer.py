@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -29,8 +30,9 @@ from rmpeft.errors import RmpeftError, unknown_choice
 from rmpeft.loggers import RunLogger, build_logger
 from rmpeft.optim import build_optimizer, build_scheduler
 from rmpeft.records import RunRecord
-from rmpeft.run_stats import Timer, examples_in, peak_memory
+from rmpeft.run_stats import Heartbeat, Timer, examples_in, peak_memory
 from rmpeft.run import Run, batch_loss, build_run, check_config, make_accelerator, total_steps, train_loader
+from rmpeft.validation import EPOCH_SELECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,8 @@ class Diverged(Exception):
 
 
 @torch.no_grad()
-def evaluate(run: Run, examples: list[Example], desc: str = "eval",
-             beat: Callable[[], None] | None = None) -> float:
-    """The task metric (accuracy or F1, in [0, 1]) on ``examples``, sharded over processes;
-    ``beat`` is called after every batch (the record's heartbeat during long splits)."""
+def evaluate(run: Run, examples: list[Example], desc: str = "eval") -> float:
+    """The task metric (accuracy or F1, in [0, 1]) on ``examples``, sharded over processes."""
     acc = run.accelerator
     model = run.model
     was_training = model.training
@@ -56,8 +56,6 @@ def evaluate(run: Run, examples: list[Example], desc: str = "eval",
     for start in bar:
         with acc.autocast():
             scores += run.objective.scores(model, shard[start: start + size], run.device)
-        if beat is not None:
-            beat()
     gathered = acc.gather_for_metrics(scores, use_gather_object=True) if acc.num_processes > 1 else scores
     if was_training:
         model.train()
@@ -68,7 +66,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-EPOCH_SELECTIONS = ("val_metric", "val_loss", "last")
 
 
 def better_epoch(select_by: str, val: float, val_loss: float, best_val: float, best_loss: float) -> bool:
@@ -100,13 +97,12 @@ def validation_loss(run: Run) -> float:
     return sum(t for t, _ in parts) / max(sum(n for _, n in parts), 1)
 
 
-def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None], timer: Timer | None = None,
-        beat: Callable[[], None] | None = None) -> list[torch.Tensor]:
+def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None],
+        timer: Timer | None = None) -> list[torch.Tensor]:
     """Train for ``trainer.epochs`` epochs, validating after each; fill ``rec`` as it goes.
 
     Leaves the trainable parameters at the epoch chosen by ``trainer.select_epoch_by`` and returns (CPU copies of) their
-    final values. Raises :class:`Diverged`. ``timer`` adds up training and evaluation time; ``beat``
-    is called after every step and evaluation batch (the record's heartbeat).
+    final values. Raises :class:`Diverged`. ``timer`` adds up training and evaluation time.
     """
     timer = timer or Timer()
     cfg, acc = run.cfg, run.accelerator
@@ -119,6 +115,10 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None], t
     params = run.handle.trainable_parameters()
     best_val, best_loss, best_state = -math.inf, math.inf, None
     select_by = str(cfg.trainer.get("select_epoch_by", "val_metric"))
+    if not run.splits["validation"] and select_by != "last":
+        # Nothing to choose an epoch by: the last one is tested (never silently the first).
+        log.warning("no validation examples: testing the last epoch (trainer.select_epoch_by=last)")
+        select_by = "last"
     step = 0
     for epoch in range(1, int(cfg.trainer.epochs) + 1):
         model.train()
@@ -143,20 +143,18 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None], t
                 if acc.sync_gradients and cfg.optim.max_grad_norm:
                     acc.clip_grad_norm_(params, float(cfg.optim.max_grad_norm))
                 opt.step()
-                sched.step()
-                if acc.sync_gradients:
+                if acc.sync_gradients:   # one schedule step per optimizer step (see make_accelerator)
+                    sched.step()
                     step += 1
                     run.handle.on_optimizer_step(step)
                 opt.zero_grad(set_to_none=True)
             bar.set_postfix(loss=f"{value:.4f}")
-            if beat is not None:
-                beat()
             if cfg.trainer.max_steps and step >= int(cfg.trainer.max_steps):
                 break
         tock = time.perf_counter()
         timer.train_s += tock - tick
         train_loss = sum(losses) / max(len(losses), 1)
-        val = (evaluate(run, run.splits["validation"], desc="validation", beat=beat) if run.splits["validation"]
+        val = (evaluate(run, run.splits["validation"], desc="validation") if run.splits["validation"]
                else math.nan)
         val_loss = validation_loss(run) if run.splits["validation"] else math.nan
         timer.eval_s += time.perf_counter() - tock
@@ -181,14 +179,14 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None], t
     return final
 
 
-def _evaluate_only(run: Run, rec: RunRecord, timer: Timer, beat: Callable[[], None]) -> None:
+def _evaluate_only(run: Run, rec: RunRecord, timer: Timer) -> None:
     """A run whose method trains nothing (zero-shot): validation and test metrics of the model as
     loaded; no epochs, no optimizer step, no delta."""
     run.handle.model.to(run.device)   # nothing trains: no DDP/FSDP wrapping, each process holds the model
     tick = time.perf_counter()
-    rec.val_metric = (evaluate(run, run.splits["validation"], desc="validation", beat=beat)
+    rec.val_metric = (evaluate(run, run.splits["validation"], desc="validation")
                       if run.splits["validation"] else math.nan)
-    rec.test_metric = evaluate(run, run.splits["test"], desc="test", beat=beat)
+    rec.test_metric = evaluate(run, run.splits["test"], desc="test")
     timer.eval_s += time.perf_counter() - tick
     timer.eval_examples += len(run.splits["validation"]) + len(run.splits["test"])
     rec.status = "finished"
@@ -198,27 +196,18 @@ def _finish(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None
     """Train, then (unless diverged) measure and test at the best epoch; fills ``rec``. A method
     that trains nothing is only evaluated."""
     timer = Timer()
-    last_beat = time.monotonic()
-
-    def beat() -> None:
-        nonlocal last_beat
-        if time.monotonic() - last_beat >= records.HEARTBEAT_S:
-            last_beat = time.monotonic()
-            save()
-
     if not run.trains:
         save()
-        _evaluate_only(run, rec, timer, beat)
+        _evaluate_only(run, rec, timer)
     else:
-        _train_and_test(run, rec, logger, save, timer, beat)
+        _train_and_test(run, rec, logger, save, timer)
     rec.method_state = run.handle.state_for_record()
     timer.fill(rec)
     rec.peak_mem_bytes = peak_memory(run.device)
     rec.max_batch_tokens = getattr(run.objective, "max_batch_tokens", 0) or None
 
 
-def _train_and_test(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None], timer: Timer,
-                    beat: Callable[[], None]) -> None:
+def _train_and_test(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None], timer: Timer) -> None:
     """Train, then (unless diverged) measure and test at the best epoch."""
     cfg = run.cfg
     initial = snapshot(run.handle.trainable_parameters())
@@ -226,7 +215,7 @@ def _train_and_test(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[
         rec.hessian = {"before": measure_run(run)}
     save()
     try:
-        final = fit(run, rec, logger, save, timer, beat)
+        final = fit(run, rec, logger, save, timer)
     except Diverged as e:
         rec.status, rec.error = "diverged", str(e)
     else:
@@ -234,12 +223,25 @@ def _train_and_test(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[
         if cfg.analysis.hessian:
             rec.hessian = {**(rec.hessian or {}), "after": measure_run(run)}
         tick = time.perf_counter()
-        rec.test_metric = evaluate(run, run.splits["test"], desc="test", beat=beat)
+        rec.test_metric = evaluate(run, run.splits["test"], desc="test")
         timer.eval_s += time.perf_counter() - tick
         timer.eval_examples += len(run.splits["test"])
         rec.status = "finished"
         if run.accelerator.is_main_process:
             rec.delta = keep_run_delta(run, rec)   # <run_dir>/delta, per trainer.save_delta
+
+
+def _build_and_finish(cfg: DictConfig, accelerator: Any, rec: RunRecord, logger: RunLogger,
+                      save: Callable[[], None]) -> None:
+    """Build the run, then train and test it (or only evaluate it); fills ``rec``."""
+    run = build_run(cfg, accelerator)
+    rec.total_params, rec.trainable_params = run.total_params, run.handle.num_trainable()
+    rec.trainable_share = rec.trainable_params / run.total_params
+    rec.split_sizes = {k: len(v) for k, v in run.splits.items()}
+    if accelerator.is_main_process:
+        log.info("%s: %d / %d trainable parameters (%.4f%%) -> %s", cfg.method.name, rec.trainable_params,
+                 run.total_params, 100 * rec.trainable_share, rec.run_dir)
+    _finish(run, rec, logger, save)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -269,24 +271,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     accelerator, _ = make_accelerator(cfg)
     is_main = accelerator.is_main_process
 
+    writing = threading.Lock()   # the heartbeat thread writes the record too
+
     def save() -> None:
         if is_main:
-            rec.wall_s = round(time.time() - started, 3)
-            rec.heartbeat_at = _now()
-            records.write_record(folder, rec)
+            with writing:
+                rec.wall_s = round(time.time() - started, 3)
+                rec.heartbeat_at = _now()
+                records.write_record(folder, rec)
 
     save()
     logger = build_logger(cfg) if is_main else RunLogger()
     logger.log_config(resolved)
     try:
-        run = build_run(cfg, accelerator)
-        rec.total_params, rec.trainable_params = run.total_params, run.handle.num_trainable()
-        rec.trainable_share = rec.trainable_params / run.total_params
-        rec.split_sizes = {k: len(v) for k, v in run.splits.items()}
-        if is_main:
-            log.info("%s: %d / %d trainable parameters (%.4f%%) -> %s", cfg.method.name, rec.trainable_params,
-                     run.total_params, 100 * rec.trainable_share, folder)
-        _finish(run, rec, logger, save)
+        with Heartbeat(save, records.HEARTBEAT_S):
+            _build_and_finish(cfg, accelerator, rec, logger, save)
     except BaseException as e:
         rec.status, rec.error, rec.finished_at = "failed", f"{type(e).__name__}: {e}".splitlines()[0], _now()
         save()

@@ -67,6 +67,11 @@ def Choice(*choices: str, nullable: bool = False) -> Spec:  # noqa: N802
     return Spec("choice", choices=tuple(choices), nullable=nullable)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+EPOCH_SELECTIONS = ("val_metric", "val_loss", "last")   # trainer.select_epoch_by
+SAVE_DELTA = ("auto", "always", "never")                # trainer.save_delta
+TASK_OBJECTIVES = ("classification", "lm")              # task.objective of tasks with candidates
+
 BOOL = Spec("bool")
 STR = Spec("str")
 MODULES = Spec("names")   # module-name suffixes: one name or a list
@@ -79,18 +84,20 @@ COMMON_FIELDS: dict[str, Spec] = {
     "force": BOOL,
     "model.name": STR,
     "model.name_or_path": Spec("str", nullable=True),
+    "model.revision": Spec("str", nullable=True, required=False),
     "model.random_init": BOOL,
     "model.first_token_id": Spec("int", low=0, nullable=True, required=False),
-    "protocol.name": Spec("str", required=False),
+    "protocol.name": Spec("choice", choices=("clean", "paper"), required=False),
     "model.family": Spec("choice", choices=("causal_lm", "clip"), required=False),
     "task.name": STR,
     "task.kind": Choice("classification", "multiple_choice", "generation", "image_classification"),
     "task.metric": Choice("accuracy", "f1"),
     "task.num_train": Int(1, nullable=True),
-    "task.num_val": Int(0, nullable=True),
+    "task.num_val": Int(1, nullable=True),
     "task.num_test": Int(1, nullable=True),
     "task.full_train": BOOL,
-    "task.objective": Spec("choice", choices=("classification", "lm"), required=False),
+    "task.objective": Spec("choice", choices=TASK_OBJECTIVES, required=False),
+    "task.grad_accum": Spec("int", low=1, required=False),
     "optim.name": Choice(*OPTIMIZERS),
     "optim.lr": Float(0, low_open=True),
     "optim.betas": Spec("float_pair", low=0, high=1),
@@ -107,11 +114,11 @@ COMMON_FIELDS: dict[str, Spec] = {
     "trainer.max_length": Int(2),
     "trainer.max_new_tokens": Int(1),
     "trainer.precision": Choice("auto", "fp32", "bf16", "fp16"),
-    "trainer.device": Choice("auto", "cpu", "cuda"),
-    "trainer.save_delta": Spec("choice", choices=("auto", "always", "never"), required=False),
+    "trainer.device": Choice(*DEVICES),
+    "trainer.save_delta": Spec("choice", choices=SAVE_DELTA, required=False),
     "trainer.progress": BOOL,
     "trainer.max_steps": Int(1, nullable=True),
-    "trainer.select_epoch_by": Spec("choice", choices=("val_metric", "val_loss", "last"), required=False),
+    "trainer.select_epoch_by": Spec("choice", choices=EPOCH_SELECTIONS, required=False),
     "trainer.divergence_loss": Float(0, low_open=True),
     "analysis.hessian": BOOL,
     "analysis.hessian_iters": Int(1),

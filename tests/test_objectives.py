@@ -114,3 +114,17 @@ def test_trainer_names_no_task_kind_or_method():
     found = [w for w in words if re.search(rf"\b{w}\b", source)]
     found += [q for q in quoted if re.search(rf"[\"']{q}[\"']", source)]
     assert not found, f"rmpeft/trainer.py names {found}"
+
+
+def test_validation_loss_is_the_same_when_token_bounded_batches_split_it(smoke_overrides):
+    from rmpeft.run import build_run
+    from tests.conftest import compose_train
+
+    run = build_run(compose_train(smoke_overrides + ["task.num_val=12"]))
+    examples, obj = run.splits["validation"], run.objective
+    obj.eval_max_tokens = None
+    whole = obj.mean_loss(run.model.eval(), examples, 12, run.device)
+    obj.eval_max_tokens = 40                    # a few rows per forward
+    assert len(obj.eval_batches(examples)) > 2
+    split = obj.mean_loss(run.model, examples, 12, run.device)
+    assert split == pytest.approx(whole, rel=1e-5)

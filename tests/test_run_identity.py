@@ -117,3 +117,4 @@ def test_configs_recorded_before_identities_keep_theirs():
         new = compose_train(entry["overrides"])
         assert records.identity_hash(entry["config"]) == records.identity_hash(new), (
             entry["overrides"], differing_fields(run_identity(entry["config"]), run_identity(new)))
+

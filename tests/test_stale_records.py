@@ -61,3 +61,23 @@ def test_sweep_status_reports_a_stale_run_as_failed(tmp_path):
     refresh_status(runs)
     assert [r.status for r in runs] == ["failed", "running"]
     assert runs[0].error.startswith("stale:")
+
+
+def test_heartbeat_thread_beats_while_the_block_runs_and_survives_errors():
+    import time
+
+    from rmpeft.run_stats import Heartbeat
+
+    calls = []
+
+    def beat():
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            raise OSError("disk full")   # a failed write must not stop the beats (or the run)
+
+    with Heartbeat(beat, 0.01):
+        time.sleep(0.2)
+    n = len(calls)
+    assert n >= 4
+    time.sleep(0.05)
+    assert len(calls) == n   # stopped with the block

@@ -157,7 +157,7 @@ def test_json_cells(results):
 
 
 def test_every_cell_recomputed_from_the_records(results):
-    """Independently of rmpeft.aggregate: mean val per LR over finished seeds, LRs with a diverged seed
+    """Independently of rmpeft.reporting.aggregate: mean val per LR over finished seeds, LRs with a diverged seed
     skipped, argmax, then mean test there."""
     recs = scenario()
     cells = json.loads(cli(results, "--json")[0])

@@ -25,10 +25,10 @@ def test_a_zero_shot_run_evaluates_the_untouched_model(smoke_overrides, monkeypa
     before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
     expected = (trainer.evaluate(run, run.splits["validation"]), trainer.evaluate(run, run.splits["test"]))
 
-    def no_optimizer(_run):
+    def no_optimizer(*_args):
         raise AssertionError("a zero-shot run built an optimizer")
 
-    monkeypatch.setattr(trainer, "_optimizer", no_optimizer)
+    monkeypatch.setattr(trainer, "build_optimizer", no_optimizer)
     seen = []
     monkeypatch.setattr(trainer, "build_run", lambda c, acc: seen.append(build_run(c, acc)) or seen[-1])
     rec = trainer.train(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from omegaconf import DictConfig
@@ -13,11 +14,18 @@ from rmpeft.errors import RmpeftError
 from rmpeft.methods import MethodContext, MethodHandle, get_method
 from rmpeft.run import ApplyMethod, Run, build_run
 
+log = logging.getLogger(__name__)
+
 
 def check_base(delta: Delta, model_cfg: Any, cache_dir: str) -> dict[str, Any]:
     """The base fingerprint of ``model_cfg``; a one-line error when it is not the delta's base."""
     here = base_fingerprint(model_cfg, cache_dir)
     want = delta.meta["base"]
+    by_name = "name" in (here.get("from"), want.get("from"))   # one side's weights are not cached here
+    if by_name and (here["source"], here["revision"]) == (want.get("source"), want.get("revision")):
+        if here["fingerprint"] != want["fingerprint"]:
+            log.warning("base model %s is not cached yet: checked by its hub id and revision only", here["source"])
+        return here
     if here["fingerprint"] != want["fingerprint"]:
         raise RmpeftError(f"delta {delta.path} was trained on base model '{want.get('name')}' (fingerprint "
                           f"{want['fingerprint']}), not on '{here['name']}' at {here['source']} (fingerprint "

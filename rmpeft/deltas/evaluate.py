@@ -56,7 +56,9 @@ def eval_config(delta: Delta, overrides: list[str]) -> DictConfig:
     cfg = OmegaConf.create(delta.meta["run"]["config"])
     OmegaConf.set_struct(cfg, False)
     if groups:
-        composed = compose_config([f"{g}={v}" for g, v in groups.items()] + [f"method={delta.method}"])
+        protocol = str((cfg.get("protocol") or {}).get("name", "clean"))   # the delta's protocol settings follow
+        composed = compose_config([f"{g}={v}" for g, v in groups.items()]
+                                  + [f"method={delta.method}", f"protocol={protocol}"])
         for group in groups:
             cfg[group] = OmegaConf.to_container(composed[group], resolve=True)
     if not any(f.startswith("name=") for f in fields):
@@ -72,7 +74,12 @@ def evaluate_delta(delta: Delta, cfg: DictConfig) -> dict[str, Any]:
     """Apply ``delta`` to its base model, measure validation and test metrics, write the record."""
     check_config(cfg)
     folder = records.run_dir(cfg)
-    existing = records.read_record(folder)
+    try:
+        existing = records.read_record(folder)
+    except RmpeftError:
+        if not cfg.get("force"):   # a corrupt record is reported, never silently replaced
+            raise
+        existing = None
     if existing and existing["status"] in records.DONE_STATUSES and not cfg.get("force"):
         log.info("skipping %s: already %s (force=true reruns it)", folder, existing["status"])
         return {**existing, "skipped": True}

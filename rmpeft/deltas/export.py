@@ -24,8 +24,8 @@ from rmpeft.errors import RmpeftError, unknown_choice
 from rmpeft.methods import MethodHandle, get_method
 from rmpeft.records import RunRecord, read_record, run_dir, strict_json, versions
 from rmpeft.run import Run, build_run
+from rmpeft.validation import SAVE_DELTA
 
-SAVE_DELTA = ("auto", "always", "never")
 DELTA_DIR = "delta"
 LEGACY_TRAINABLE_FILE = "trainable.pt"    # trainable tensors in handle order, written by older runs
 

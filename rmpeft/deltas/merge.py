@@ -33,6 +33,9 @@ def merge_delta(delta: Delta, out: Path, cache_dir: str | None = None) -> Path:
     if out.exists() and any(out.iterdir()):
         raise RmpeftError(f"--out {out} exists and is not empty; choose a new folder")
     config: dict[str, Any] = delta.meta["run"]["config"]
+    if (config["model"].get("family") or "causal_lm") != "causal_lm":
+        raise RmpeftError(f"only causal-LM deltas merge into a Hugging Face checkpoint; this one is for a "
+                          f"{config['model'].get('family')} model: evaluate it with rmpeft-eval instead")
     cache = str(cache_dir or config.get("cache_dir"))
     check_base(delta, config["model"], cache)
     model, tokenizer = load_model_and_tokenizer(config["model"], cache, dtype=torch.float32)
