@@ -1,5 +1,8 @@
 """``rmpeft-theory``: the overparameterised linear model of the paper's Section 5, simulated.
 
+(One module on purpose: a good part of it is the reconstruction below, which the simulation, the
+bounds it checks and the command all refer to.)
+
 Setting (our reading of Sec. 5.1; the extracted text lost its formulas). n samples, d > n features,
 X ∈ R^{n×d} with entries in [−1, 1] (rows x_i), targets Y ∈ R^n. A random mask
 M = diag(m_1..m_d), m_j ~ Bernoulli(p) i.i.d., p the trainable-parameter ratio. The pretrained weights
