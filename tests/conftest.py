@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never write the user's cache (materialised models, the sparse engine's strategy decisions).
+os.environ["RMPEFT_CACHE"] = tempfile.mkdtemp(prefix="rmpeft-test-cache-")
 
 
 def compose_train(overrides: list[str]):

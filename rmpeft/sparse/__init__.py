@@ -4,7 +4,8 @@ Modules, in import order (each imports only those above it):
 
 * :mod:`~rmpeft.sparse.base`: the backend interface; :mod:`~rmpeft.sparse.indexing`: flat positions,
   CSR offsets and ``W + S``; :mod:`~rmpeft.sparse.strategy_tuning`: per-shape choice among a backend's
-  equivalent strategies, by measurement; :mod:`~rmpeft.sparse.sampling`: exact uniform mask sampling;
+  equivalent strategies, by measurement, stored per machine; :mod:`~rmpeft.sparse.sampling`: exact
+  uniform mask sampling;
 * the backends: :mod:`~rmpeft.sparse.dense` (reference), :mod:`~rmpeft.sparse.torch_backend`,
   :mod:`~rmpeft.sparse.merged` (shared by) :mod:`~rmpeft.sparse.spops_backend` and
   :mod:`~rmpeft.sparse.triton_backend`; :mod:`~rmpeft.sparse.registry`: them by name;
