@@ -27,7 +27,7 @@ def test_the_data_folder_follows_the_task_and_data_root():
     assert records.identity_hash(moved) != records.identity_hash(sst2)
 
 
-def test_the_sweep_has_zero_shot_and_three_lrs_per_trained_setting_on_both_tasks():
+def test_the_sweep_has_zero_shot_and_at_least_three_lrs_per_trained_setting_on_both_tasks():
     sweep = load_sweep(SWEEP)
     runs = [dict(o.split("=", 1) for o in run) for run in sweep.runs()]
     assert {r["task"] for r in runs} == {"sst2", "rte"}
@@ -38,8 +38,9 @@ def test_the_sweep_has_zero_shot_and_three_lrs_per_trained_setting_on_both_tasks
     methods = {(m, ratio) for _, m, ratio in grids}
     assert methods == {("none", 0), ("ft", 0), ("lora", 0), ("masking", 1e-3), ("masking", 1e-4), ("masking", 1e-5)}
     for (task, method, ratio), lrs in grids.items():
-        assert len(lrs) == (1 if method == "none" else 3), (task, method, ratio)
+        assert len(lrs) == 1 if method == "none" else len(lrs) >= 3, (task, method, ratio)
     # sparser masks are swept at larger learning rates
-    centre = {ratio: sorted(grids[("sst2", "masking", ratio)])[1] for ratio in (1e-3, 1e-4, 1e-5)}
-    assert centre[1e-3] < centre[1e-4] < centre[1e-5]
-    assert len(runs) == 32
+    for low, high in ((1e-3, 1e-4), (1e-4, 1e-5)):
+        assert min(grids[("sst2", "masking", low)]) < min(grids[("sst2", "masking", high)])
+        assert max(grids[("sst2", "masking", low)]) < max(grids[("sst2", "masking", high)])
+    assert len(runs) == 40
