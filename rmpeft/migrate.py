@@ -1,12 +1,14 @@
-"""``rmpeft-migrate``: move run folders written before run identities existed to their new names.
+"""``rmpeft-migrate``: move run folders whose name does not match their config's identity.
 
     rmpeft-migrate results/runs            # show what would move
     rmpeft-migrate results/runs --apply    # move them
 
-A run folder used to end in ``seed<seed>``; it now ends in ``seed<seed>-<identity hash>``, the hash
-computed from the record's stored config (see ``rmpeft/identity.py``). Each record is moved with the
-files beside it and its ``run_dir``/``identity_hash`` fields are updated. Nothing is overwritten: a
-record whose new folder already exists is left where it is and reported.
+A run folder ends in ``seed<seed>-<identity hash>``, the hash computed from the record's stored
+config (see ``rmpeft/identity.py``). Folders written before identities existed end in ``seed<seed>``;
+folders written by an older version whose identity rules differed end in another hash. Each such
+record is moved with the files beside it to the folder a relaunch looks in, and its ``run_dir`` /
+``identity_hash`` fields are updated. Nothing is overwritten: a record whose new folder already exists
+is left where it is and reported.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from rmpeft.errors import RmpeftError
 
 
 def plan(root: Path) -> list[tuple[Path, Path]]:
-    """(old folder, new folder) for every legacy run folder below ``root``."""
+    """(old folder, new folder) for every run folder below ``root`` not named by its identity."""
     moves = []
     for path, data in records.find_records(root):
-        rec = records.RunRecord.from_dict(data)
-        folder = path.parent
-        if not rec.config or folder.name != f"seed{rec.get('seed', 0)}":
+        if not data.get("config"):
             continue
-        moves.append((folder, folder.with_name(f"{folder.name}-{rec.identity_hash}")))
+        folder = path.parent
+        seed = f"seed{records.get_path(data['config'], 'seed', 0)}"
+        if folder.name != seed and not folder.name.startswith(f"{seed}-"):
+            continue   # not a run folder laid out by rmpeft
+        target = folder.with_name(f"{seed}-{records.identity_hash(data['config'])}")
+        if target != folder:
+            moves.append((folder, target))
     return moves
 
 
@@ -44,7 +50,7 @@ def migrate(root: Path, apply: bool = False, say=print) -> int:
             rec = records.load_record(old)
             assert rec is not None
             shutil.move(str(old), str(new))
-            rec.run_dir = str(new)
+            rec.run_dir, rec.identity_hash = str(new), records.identity_hash(rec.config)
             records.write_record(new, rec)
         moved += 1
     return moved

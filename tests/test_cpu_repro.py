@@ -43,4 +43,4 @@ def test_the_sweep_has_zero_shot_and_at_least_three_lrs_per_trained_setting_on_b
     for low, high in ((1e-3, 1e-4), (1e-4, 1e-5)):
         assert min(grids[("sst2", "masking", low)]) < min(grids[("sst2", "masking", high)])
         assert max(grids[("sst2", "masking", low)]) < max(grids[("sst2", "masking", high)])
-    assert len(runs) == 40
+    assert len(runs) == 44

@@ -35,3 +35,12 @@ def test_migrate_never_overwrites(tmp_path):
 def test_missing_root_is_a_one_line_error(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_migrate_rehomes_folders_named_by_an_older_identity(tmp_path):
+    cfg, old = _legacy(tmp_path, 2, 8)
+    stale = old.with_name("seed2-0123456789")   # a hash computed under other identity rules
+    old.rename(stale)
+    assert migrate(tmp_path, apply=True, say=lambda s: None) == 1
+    assert records.run_status(cfg) == "finished" and not stale.exists()
+    assert migrate(tmp_path, apply=True, say=lambda s: None) == 0

@@ -31,7 +31,7 @@ EXPECTED_RUNS = {
     "llama2": 4 * SEEDS * (6 + 6 + 4 * 7),
     "fulltrain": 2 * 2 * SEEDS * (4 + 3) * len(PAPER_GRID),
     "smoke": 2 * 2,
-    "cpu-repro": 2 * (1 + 5 * 3),  # SST-2 and RTE x {zero-shot, FT, LoRA, masking at 3 ratios x 3 LRs}
+    "cpu-repro": 2 * (1 + 4 + 3 + 4 + 5 + 5),  # SST-2 and RTE x {zero-shot, FT, LoRA, masking at 3 ratios}
     "table2": 5 * SEEDS * (2 * 5 + 3 * 5),  # 5 image tasks x {FT, LoRA, masking at 3 ratios} x 5 LRs
 }
 
