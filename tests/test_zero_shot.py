@@ -92,3 +92,12 @@ def test_lr_curves_draw_zero_shot_as_a_horizontal_line(tmp_path, monkeypatch):
     written = plot_lr_curves(_cells(), tmp_path, formats=("png",))
     assert [p.name for p in written] == ["lr_curves_smollm2-135m_sst2.png"]
     assert levels == [(pytest.approx(52.0), "Zero-shot")]
+
+
+def test_zero_shot_is_known_from_the_method_not_the_trainable_count():
+    failed = _record("none", 1e-3, 0.5, 0.5) | {"status": "failed", "trainable_params": None, "val_metric": None,
+                                                 "test_metric": None}
+    trained_nothing = _record("masking", 1e-3, 0.5, 0.5, ratio=0.001, trainable=0)
+    plugin = _record("my-plugin-method", 1e-3, 0.5, 0.5, trainable=0)
+    runs = runs_from_records([("a", failed), ("b", trained_nothing), ("c", plugin)])
+    assert [r.zero_shot for r in runs] == [True, False, True]

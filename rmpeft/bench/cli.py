@@ -1,7 +1,8 @@
 """``rmpeft-bench``: per-step time and memory of masked fine-tuning against the frozen-model floor.
 
-One process, one random model and one batch. Each row attaches a method to the model, runs a few
-AdamW training steps (forward, backward, optimizer step) and takes the method off again:
+One process, one random model and one batch. Each row attaches a method to its own copy of the model
+and runs AdamW training steps (forward, backward, optimizer step), one step of every row in turn, so
+that the rows' steps are compared seconds apart (``--sequential``: row after row on the one model):
 
 * ``floor``: no trainable parameter; backward through the activations down to the first layer;
 * ``masking`` at 10%, 1%, 0.1%, 0.01%, 0.001% for every available sparse backend and ``dense``;
@@ -13,7 +14,7 @@ moments and step counters, mask positions), then checks the targets of the spars
 
     rmpeft-bench --small          # seconds on CPU
     rmpeft-bench                  # OPT-125m-shaped model, batch 8 x 128, on the available device
-    rmpeft-bench --e2e            # whole-run scoring throughput, flat vs shared prompt (SmolLM2 shape)
+    rmpeft-bench --e2e            # whole-run scoring throughput, flat vs shared prompt (SmolLM2-135M)
 
 ``--e2e`` runs :mod:`rmpeft.bench.e2e` instead: training and evaluation examples/s of FT, LoRA and
 Random Masking with flat and shared-prompt candidate scoring, and the memory of scoring one
@@ -33,8 +34,17 @@ from torch import nn
 
 from rmpeft.bench.e2e import check_e2e_targets, e2e_table, memory_rows, memory_table, run_e2e
 from rmpeft.bench.report import check_targets, summarize, table
-from rmpeft.bench.steps import CLOCKS, Memory, Row, run_row
-from rmpeft.bench.workload import DTYPES, TARGETS, build_model, make_batch, model_choices
+from rmpeft.bench.steps import CLOCKS, Memory, Row, run_row, time_rows_in_turn
+from rmpeft.bench.workload import (
+    DTYPES,
+    TARGETS,
+    build_model,
+    load_pretrained,
+    make_batch,
+    model_choices,
+    pretrained_source,
+)
+from rmpeft.cpu_allocator import keep_freed_memory
 from rmpeft.errors import RmpeftError, unknown_choice
 from rmpeft.models import count_parameters
 from rmpeft.sparse import available_backends, reset_strategy_decisions, strategy_cache_file, strategy_decisions
@@ -73,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1,
                    help="passes over all rows; each row reports the median of its round medians and their spread, "
                         "and ratios are taken within each round (rows of one round ran close in time)")
+    p.add_argument("--sequential", action="store_true",
+                   help="time row after row on the one model (default: every row on its own copy of the model, "
+                        "one step of each in turn, so that ratios compare steps seconds apart; needs a copy per row)")
     p.add_argument("--ratios", type=float, nargs="+", default=list(MASKING_RATIOS),
                    help="Random Masking ratios (share of all parameters)")
     p.add_argument("--backends", nargs="+", default=None,
@@ -86,7 +99,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of the table")
     p.add_argument("--e2e", action="store_true",
                    help="whole-run throughput of candidate scoring (flat vs shared prompt) and its memory, "
-                        "on the SmolLM2 shape (--model to change it)")
+                        "on SmolLM2-135M (its real weights when the rmpeft[smollm2] extra is installed, else "
+                        "its shape with random weights; --model to change it)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="--e2e: random weights even where the real model is installed")
     return p.parse_args(argv)
 
 
@@ -123,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
     threads = args.threads or (1 if args.small else None)
     if threads and device.type == "cpu":
         torch.set_num_threads(threads)
+    if device.type == "cpu":
+        keep_freed_memory()  # as a CPU run does (rmpeft.run.make_accelerator)
     sparse_names = [n for n in available_backends(device) if n != "dense"]
     backends = args.backends or [*sparse_names, "dense"]
     for b in backends:
@@ -132,10 +150,11 @@ def _run(args: argparse.Namespace) -> int:
             raise RmpeftError(f"--backends {b}: not available on {device.type} "
                               f"(available: {', '.join(available_backends(device))})")
 
-    model = build_model(shape, DTYPES[dname], device)
+    source = pretrained_source(shape) if args.e2e and not args.random_weights else None
+    model = load_pretrained(source, DTYPES[dname], device) if source else build_model(shape, DTYPES[dname], device)
     total = count_parameters(model)
     if args.e2e:
-        return _run_e2e(args, model, shape, dname, device, steps, warmup)
+        return _run_e2e(args, model, shape, dname, device, steps, warmup, source)
     targets = sum(m.weight.numel() for n, m in model.named_modules()
                   if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in TARGETS)
     rows = plan_rows(args.ratios, backends, targets / total, not args.only_masking)
@@ -147,16 +166,18 @@ def _run(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()  # the libraries' objects: later collections only scan what the rows create
 
-    # Timing pass(es). On CUDA the allocator's statistics give memory in the same pass.
-    times: dict[str, list[list[float]]] = {r.label: [] for r in runnable}
-    cuda_memory = Memory(device) if device.type == "cuda" else None
-    for rnd in range(args.rounds):
-        for row in runnable:
-            times[row.label].append(run_row(model, row, batch, total, device, warmup, steps,
-                                            cuda_memory if rnd == 0 else None, args.clock))
-    # CPU memory pass: one step per row, after all timings (see Memory).
-    if device.type == "cpu" and Memory.cpu_supported():
-        Memory.prepare_cpu()
+    # Timing: all rows in turn (each on its own model copy), or row after row on the one model.
+    if args.sequential:
+        times: dict[str, list[list[float]]] = {r.label: [] for r in runnable}
+        for _ in range(args.rounds):
+            for row in runnable:
+                times[row.label].append(run_row(model, row, batch, total, device, warmup, steps, None, args.clock))
+    else:
+        times = time_rows_in_turn(model, runnable, batch, total, device, warmup, steps, args.rounds, args.clock)
+    # Memory: one step per row on the one model, after all timings (see Memory).
+    if device.type == "cuda" or Memory.cpu_supported():
+        if device.type == "cpu":
+            Memory.prepare_cpu()
         mem = Memory(device)
         run_row(model, Row("floor"), batch, total, device, 0, 1, None)  # one-time buffers land before baselines
         for row in runnable:
@@ -174,7 +195,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"rmpeft-bench: {shape}-shaped random {model.config.model_type.upper()} ({total / 1e6:.1f}M parameters; "
           f"q_proj/v_proj hold {100 * targets / total:.2f}%), batch {batch_n} x {seq} tokens, {dname}, "
           f"{device.type}{threads}, torch {torch.__version__}")
-    print(f"step time ({args.clock} clock): per round, the median of {steps} timed AdamW steps per row "
+    how = ("rows one after another on one model" if args.sequential else
+           "every row on its own model copy, one step of each in turn")
+    print(f"step time ({args.clock} clock; {how}): per round, the median of {steps} timed AdamW steps per row "
           f"({warmup} warm-up each); over {args.rounds} round(s): the median, the spread (max - min) of the "
           f"round medians and the median of the per-round ratios to the floor and to LoRA; peak memory: above "
           f"the frozen model, during attach + step")
@@ -193,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_e2e(args: argparse.Namespace, model: nn.Module, shape: str, dname: str, device: torch.device,
-             steps: int, warmup: int) -> int:
+             steps: int, warmup: int, source: str | None) -> int:
     total = count_parameters(model)
     autocast = DTYPES[dname] if dname != "fp32" else None
     rows = run_e2e(model, total, device, args.small, warmup, steps, autocast)
@@ -202,14 +225,17 @@ def _run_e2e(args: argparse.Namespace, model: nn.Module, shape: str, dname: str,
     mem = memory_rows(model, device, args.small) if device.type == "cuda" or Memory.cpu_supported() else []
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if args.json:
-        print(json.dumps({"throughput": [asdict(r) | {"speedup": r.speedup} for r in rows],
+        print(json.dumps({"model": shape, "weights": source or "random", "throughput": [asdict(r) for r in rows],
                           "memory": [{"scoring": n, "peak_mem_bytes": b} for n, b in mem],
                           "model_bytes": model_bytes}, indent=1))
         return 0
     where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name()
-    print(f"rmpeft-bench --e2e: {shape}-shaped random {model.config.model_type.upper()} ({total / 1e6:.1f}M "
-          f"parameters, vocabulary {model.config.vocab_size}), {dname}, {device.type}, {where}; median of {steps} "
-          f"timed batches ({warmup} warm-up) per cell")
+    what = f"{shape} (pretrained weights from {source})" if source else \
+        f"{shape}-shaped random {model.config.model_type.upper()}"
+    print(f"rmpeft-bench --e2e: {what} ({total / 1e6:.1f}M "
+          f"parameters, vocabulary {model.config.vocab_size}), {dname}, {device.type}, {where}; per cell, the median "
+          f"of {steps} timed batches ({warmup} warm-up), the two paths in turn; speed-up: the median of the "
+          f"per-batch ratios")
     print(e2e_table(rows))
     if mem:
         print(memory_table(mem, model_bytes))

@@ -1,7 +1,8 @@
 """``rmpeft-bench --e2e``: whole-run throughput of candidate scoring, flat against shared-prompt.
 
-On a real model shape (random weights: the time does not depend on them), for FT, LoRA and Random
-Masking, each workload is timed with both scoring paths (:mod:`rmpeft.scoring.paths`):
+On a real model (SmolLM2-135M when installed, else its shape with random weights: the time does not
+depend on them), for FT, LoRA and Random Masking (0.1%), each workload is timed with both scoring paths
+(:mod:`rmpeft.scoring.paths`), their batches taken in turn, with the optimizer a run builds:
 
 * ``2-cand``: SST-2-like examples (a ~64-token prompt, two single-token answers): training steps
   (forward, backward, AdamW) and evaluation, in examples per second;
@@ -13,9 +14,11 @@ entities) with the full-logits scoring of earlier versions and with the current 
 
 from __future__ import annotations
 
+import functools
 import gc
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +26,7 @@ from torch import nn
 
 from rmpeft import scoring
 from rmpeft.bench.report import fmt_bytes
-from rmpeft.bench.steps import ATTACH, Memory, Row
+from rmpeft.bench.steps import ATTACH, Memory, Row, make_optimizer
 from rmpeft.scoring.batch import Row as TokenRow
 
 E2E_METHODS = (Row("ft"), Row("lora"), Row("masking", 0.001, "auto"))
@@ -81,17 +84,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn, device: torch.device, warmup: int, steps: int) -> float:
+def _timed_in_turn(fns: dict[str, Callable[[], None]], device: torch.device, warmup: int,
+                   steps: int) -> dict[str, list[float]]:
+    """Seconds of each of ``fns`` per timed step, the functions called in turn (their order alternating
+    from step to step), so that a slow spell of a shared machine hits all of them alike."""
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn in fns.values():
+            fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(steps):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            _sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 @dataclass
@@ -99,41 +108,42 @@ class E2ERow:
     method: str
     workload: str
     phase: str                  # train | eval
-    flat_examples_per_s: float
+    flat_examples_per_s: float  # batch size / median step time
     shared_examples_per_s: float
+    speedup: float              # median over timed steps of (flat time / shared time), steps run in turn
 
-    @property
-    def speedup(self) -> float:
-        return self.shared_examples_per_s / self.flat_examples_per_s
+
+def row_from_times(method: str, w: Workload, phase: str, times: dict[str, list[float]]) -> E2ERow:
+    flat, shared = times["flat"], times["shared"]
+    return E2ERow(method, w.name, phase, w.batch / statistics.median(flat), w.batch / statistics.median(shared),
+                  statistics.median(f / s for f, s in zip(flat, shared)))
 
 
 def run_e2e(model: nn.Module, total: int, device: torch.device, small: bool, warmup: int, steps: int,
             autocast_dtype: torch.dtype | None = None) -> list[E2ERow]:
-    """Examples per second of every method x workload x phase, with both scoring paths."""
+    """Examples per second of every method x workload x phase, with both scoring paths timed in turn."""
     vocab = model.config.vocab_size
     out = []
     for row in E2E_METHODS:
         att = ATTACH[row.method](model, Row(row.method, row.ratio, row.backend), total)
-        opt = torch.optim.AdamW(att.params, lr=1e-6)
+        opt = make_optimizer(att.params)
         try:
             for w in workloads(small):
                 batch = make_batch(w, vocab, device)
-                phases = ("train", "eval") if w.train else ("eval",)
-                for phase in phases:
-                    speed = {}
-                    for path in ("flat", "shared"):
-                        def step(path: str = path, phase: str = phase) -> None:
-                            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                                if phase == "train":
-                                    scoring.classification_loss(att.model, batch, path).backward()
-                                    opt.step()
-                                    opt.zero_grad(set_to_none=True)
-                                else:
-                                    with torch.no_grad():
-                                        scoring.predict_choices(att.model, batch, path)
-                        speed[path] = w.batch / _timed(step, device, warmup, steps)
+                for phase in (("train", "eval") if w.train else ("eval",)):
+                    def step(path: str, phase: str = phase) -> None:
+                        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                            if phase == "train":
+                                scoring.classification_loss(att.model, batch, path).backward()
+                                opt.step()
+                                opt.zero_grad(set_to_none=True)
+                            else:
+                                with torch.no_grad():
+                                    scoring.predict_choices(att.model, batch, path)
+                    times = _timed_in_turn({p: functools.partial(step, p) for p in ("flat", "shared")},
+                                           device, warmup, steps)
                     label = row.method if row.ratio is None else f"{row.method} {100 * row.ratio:g}%"
-                    out.append(E2ERow(label, w.name, phase, speed["flat"], speed["shared"]))
+                    out.append(row_from_times(label, w, phase, times))
         finally:
             del opt
             att.detach()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
 import math
@@ -16,6 +17,7 @@ from torch import nn
 
 from rmpeft.bench.workload import TARGETS
 from rmpeft.methods import MethodContext, get_method
+from rmpeft.optim import build_optimizer
 from rmpeft.sparse import layer_state_bytes, unpatch
 
 
@@ -134,6 +136,7 @@ class Memory:
         try:
             libc = ctypes.CDLL("libc.so.6")
             libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD: 256 KiB, fixed (no dynamic growth)
+            libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD: glibc's default (the timings kept freed memory)
         except OSError:
             pass
 
@@ -180,6 +183,69 @@ def train_step(model: nn.Module, batch: dict[str, torch.Tensor], opt: torch.opti
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_OPTIM = {"name": "adamw", "lr": 1e-6, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+
+
+def make_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer | None:
+    """The optimizer a run builds (:func:`rmpeft.optim.build_optimizer`), at a learning rate too small to matter."""
+    return build_optimizer(params, OmegaConf.create(_OPTIM)) if params else None
+
+
+def _timed_step(att: Attached, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer | None,
+                device: torch.device, now: Callable[[], float], label: str) -> float:
+    _sync(device)
+    start = now()
+    loss = train_step(att.model, batch, opt)
+    _sync(device)
+    elapsed = now() - start
+    if not math.isfinite(loss):
+        raise RuntimeError(f"{label}: non-finite loss {loss}")
+    return elapsed
+
+
+def _fill_state(row: Row, att: Attached, opt: torch.optim.Optimizer | None) -> None:
+    row.trainable_params = sum(p.numel() for p in att.params)
+    row.trainable_state_bytes = (2 * sum(p.numel() * p.element_size() for p in att.params)
+                                 + optimizer_state_bytes(opt) + att.position_bytes)
+
+
+def time_rows_in_turn(model: nn.Module, rows: list[Row], batch: dict[str, torch.Tensor], total: int,
+                      device: torch.device, warmup: int, steps: int, rounds: int,
+                      clock: str = "wall") -> dict[str, list[list[float]]]:
+    """Step times of all ``rows``, taken in turn: label -> per round, the row's timed steps.
+
+    Every row trains its own copy of ``model`` (the floor trains ``model`` itself), all attached at once.
+    In each round, every row runs one step in turn, ``steps`` times over, the order reversed at every
+    pass: a row's steps and the floor's or LoRA's are seconds apart, so a slow spell of the machine
+    hits them alike. Costs one model copy per row; :func:`run_row` (``--sequential``) needs one model.
+    Fills each row's trainable count and state.
+    """
+    copies = [model if row.method == "floor" else copy.deepcopy(model) for row in rows]  # before any attach
+    live: list[tuple[Row, Attached, torch.optim.Optimizer | None]] = []
+    now = CLOCKS[clock]
+    times: dict[str, list[list[float]]] = {row.label: [] for row in rows}
+    try:
+        for row, m in zip(rows, copies):
+            att = ATTACH[row.method](m, row, total)
+            live.append((row, att, make_optimizer(att.params)))
+        del copies
+        for row, att, opt in live:
+            for _ in range(warmup):
+                _timed_step(att, batch, opt, device, now, row.label)
+        for _ in range(rounds):
+            for row in rows:
+                times[row.label].append([])
+            for i in range(steps):
+                for row, att, opt in (live if i % 2 == 0 else live[::-1]):
+                    times[row.label][-1].append(_timed_step(att, batch, opt, device, now, row.label))
+        for row, att, opt in live:
+            _fill_state(row, att, opt)
+    finally:
+        for _, att, _ in live:
+            att.detach()
+        live.clear()
+        gc.collect()
+    return times
 
 
 def run_row(model: nn.Module, row: Row, batch: dict[str, torch.Tensor], total: int, device: torch.device,
@@ -188,24 +254,17 @@ def run_row(model: nn.Module, row: Row, batch: dict[str, torch.Tensor], total: i
     if memory is not None:
         memory.start()
     att = ATTACH[row.method](model, row, total)
-    opt = torch.optim.AdamW(att.params, lr=1e-6) if att.params else None
+    opt = make_optimizer(att.params)
     times = []
     now = CLOCKS[clock]
     try:
         for i in range(warmup + steps):
-            _sync(device)
-            start = now()
-            loss = train_step(att.model, batch, opt)
-            _sync(device)
+            elapsed = _timed_step(att, batch, opt, device, now, row.label)
             if i >= warmup:
-                times.append(now() - start)
-            if not math.isfinite(loss):
-                raise RuntimeError(f"{row.label}: non-finite loss {loss}")
+                times.append(elapsed)
         if memory is not None:
             row.peak_mem_bytes = memory.peak()
-        row.trainable_params = sum(p.numel() for p in att.params)
-        row.trainable_state_bytes = (2 * sum(p.numel() * p.element_size() for p in att.params)
-                                     + optimizer_state_bytes(opt) + att.position_bytes)
+        _fill_state(row, att, opt)
     finally:
         del opt
         att.detach()

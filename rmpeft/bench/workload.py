@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -9,8 +11,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from rmpeft.config import CONF_DIR, group_choices
-from rmpeft.errors import unknown_choice
-from rmpeft.models import hf_config_from_arch
+from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.models import hf_config_from_arch, model_source
 
 # The quick CPU shape of `--small`: not a model of the suite, so it lives here, as changes to OPT-125m's arch.
 SMALL = "small"
@@ -42,11 +44,44 @@ def build_model(shape: str, dtype: torch.dtype, device: torch.device, seed: int 
     torch.manual_seed(seed)
     with torch.device(device):  # initialise where it will run (fast on a GPU)
         model = AutoModelForCausalLM.from_config(config)
+    return _frozen_eval(model, dtype)
+
+
+def _frozen_eval(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     model.to(dtype=dtype)
     model.eval()  # no dropout: every row computes the same function
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def default_cache_dir() -> Path:
+    """The runs' default ``cache_dir`` (``conf/train.yaml``): ``$RMPEFT_CACHE``, else ``~/.cache/rmpeft``."""
+    return Path(os.environ.get("RMPEFT_CACHE") or Path.home() / ".cache" / "rmpeft")
+
+
+def pretrained_source(shape: str) -> str | None:
+    """Where the shape's real weights load from without a download, else None: a model packaged on this
+    machine (``model.gguf``: SmolLM2-135M with the ``rmpeft[smollm2]`` extra), converted once into the
+    cache exactly as a run does."""
+    if shape == SMALL:
+        return None
+    cfg = OmegaConf.load(CONF_DIR / "model" / f"{shape}.yaml")
+    if not cfg.get("gguf") or cfg.get("name_or_path"):
+        return None
+    try:
+        return model_source(cfg, default_cache_dir())
+    except RmpeftError:  # the package is not installed here
+        return None
+
+
+def load_pretrained(source: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """The real model at ``source`` (:func:`pretrained_source`), frozen, in eval mode."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    return _frozen_eval(AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device), dtype)
 
 
 def make_batch(vocab: int, batch: int, seq: int, device: torch.device) -> dict[str, torch.Tensor]:

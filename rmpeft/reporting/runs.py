@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from rmpeft.identity import differing_fields
 from rmpeft.errors import RmpeftError
+from rmpeft.methods import METHODS
 from rmpeft.records import (
     DONE_STATUSES,
     RunRecord,
@@ -118,8 +119,16 @@ def run_from_record(record: RunRecord | dict[str, Any], source: str = "") -> Run
         setting=setting_hash(rec.config),
         protocol=str(rec.get("protocol.name") or "clean"),
         setting_tree=setting_identity(rec.config),
-        zero_shot=rec.trainable_params == 0,
+        zero_shot=_is_zero_shot(rec),
     )
+
+
+def _is_zero_shot(rec: RunRecord) -> bool:
+    """A run of a method that trains nothing (``method=none``): known from the method itself, so that a
+    zero-shot run that failed before counting parameters is still one; methods this installation does not
+    register are judged by their trainable count."""
+    method = METHODS.get(str(rec.get("method.name")))
+    return not method.trains if method is not None else rec.trainable_params == 0
 
 
 def runs_from_records(pairs: Iterable[tuple[Any, RunRecord | dict[str, Any]]]) -> list[RunResult]:
