@@ -78,7 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 128)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per row and round (default 3)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per row and round (default 3; --e2e: timed batches per cell, default 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before them (default 1)")
     p.add_argument("--rounds", type=int, default=1,
                    help="passes over all rows; each row reports the median of its round medians and their spread, "
@@ -130,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
     if dname not in DTYPES:
         raise unknown_choice("--dtype", dname, DTYPES)
     batch_n, seq = args.batch or (4 if args.small else 8), args.seq or (64 if args.small else 128)
-    steps = args.steps if args.steps is not None else (2 if args.small else 3)
+    steps = args.steps if args.steps is not None else (2 if args.small else (5 if args.e2e else 3))
     if args.rounds < 1:
         raise RmpeftError(f"--rounds {args.rounds}: must be at least 1")
     warmup = args.warmup if args.warmup is not None else 1
