@@ -18,9 +18,7 @@ from typing import Any, Callable, TypeVar
 
 from rmpeft.errors import unknown_choice
 from rmpeft.records import format_number, get_path, method_tag, setting_hash
-
-LOGGERS = ("none", "wandb")
-WANDB_MODES = ("online", "offline", "disabled")
+from rmpeft.validation import LOGGERS, WANDB_MODES
 
 # Names under which a run's curves live in wandb (kept apart from the summary's record keys so that
 # wandb's automatic "last value" summary never overwrites the best-epoch `val_metric`).

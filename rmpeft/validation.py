@@ -71,6 +71,9 @@ DEVICES = ("auto", "cpu", "cuda")
 EPOCH_SELECTIONS = ("val_metric", "val_loss", "last")   # trainer.select_epoch_by
 SAVE_DELTA = ("auto", "always", "never")                # trainer.save_delta
 TASK_OBJECTIVES = ("classification", "lm")              # task.objective of tasks with candidates
+IMAGE_LAYOUTS = ("auto", "hub", "imagefolder", "cifar10", "mnist", "svhn", "digits")  # task.layout (rmpeft.vision)
+LOGGERS = ("none", "wandb")                             # logger.name (conf/logger)
+WANDB_MODES = ("online", "offline", "disabled")         # logger.mode of the wandb logger
 
 BOOL = Spec("bool")
 STR = Spec("str")
@@ -98,6 +101,9 @@ COMMON_FIELDS: dict[str, Spec] = {
     "task.full_train": BOOL,
     "task.objective": Spec("choice", choices=TASK_OBJECTIVES, required=False),
     "task.grad_accum": Spec("int", low=1, required=False),
+    "task.data_dir": Spec("str", nullable=True, required=False),
+    "task.layout": Spec("choice", choices=IMAGE_LAYOUTS, required=False),
+    "logger.name": Spec("choice", choices=LOGGERS, required=False),
     "optim.name": Choice(*OPTIMIZERS),
     "optim.lr": Float(0, low_open=True),
     "optim.betas": Spec("float_pair", low=0, high=1),
@@ -201,6 +207,21 @@ def check_model_path(name_or_path: str | None) -> None:
         raise RmpeftError(f"model.name_or_path='{text}' is neither an existing folder nor a hub id (org/name)")
 
 
+def check_data_dir(data_dir: Any) -> None:
+    """``task.data_dir``, when set, must be an existing folder (the task reads its files instead of the hub)."""
+    if data_dir and not Path(str(data_dir)).expanduser().is_dir():
+        raise RmpeftError(f"task.data_dir='{data_dir}' is not an existing folder; expected the folder of the "
+                          f"task's official files, or null to load the task from the Hugging Face Hub")
+
+
+def check_logger(cfg: Any) -> None:
+    """The wandb logger's fields (the ``none`` logger has none)."""
+    if get_path(cfg, "logger.name", "none") == "wandb":
+        check_fields(cfg, {"logger.mode": Spec("choice", choices=WANDB_MODES, required=False),
+                           "logger.project": Spec("str", required=False),
+                           "logger.init_timeout": Spec("float", low=0, low_open=True, required=False)})
+
+
 def check_batching(cfg: Any, processes: int | None = None) -> None:
     """The effective batch must split evenly into micro-batches over accumulation steps and processes."""
     world = processes if processes is not None else int(os.environ.get("WORLD_SIZE", "1"))
@@ -217,6 +238,8 @@ def validate(cfg: Any, method_fields: Mapping[str, Spec] | None = None,
     check_fields(cfg, COMMON_FIELDS)
     check_fields(cfg, method_fields or {}, prefix="method.")
     check_model_path(get_path(cfg, "model.name_or_path"))
+    check_data_dir(get_path(cfg, "task.data_dir", None))
+    check_logger(cfg)
     check_batching(cfg)
     for check in extra_checks:
         check(cfg)

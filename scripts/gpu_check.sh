@@ -30,7 +30,7 @@ for n in ("spops", "triton"):
         print(f"gpu_check: {n} not used: {reason}")
 PY
 
-e2e_extra=(--steps 5 --warmup 2)
+e2e_extra=(--steps 5 --warmup 2 --cell-seconds 10)
 if [[ "${RMPEFT_GPU_CHECK_TINY:-0}" == "1" ]]; then
     e2e_extra=(--steps 1 --warmup 0)
 fi

@@ -155,14 +155,15 @@ def test_e2e_rows_memory_and_targets():
     """--e2e: every method x workload x phase with both paths; the memory row falls from full logits."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["--small", "--e2e", "--json", "--steps", "1", "--warmup", "0"]) == 0
+        assert main(["--small", "--e2e", "--json", "--steps", "1", "--warmup", "0", "--rounds", "2"]) == 0
     data = json.loads(out.getvalue())
     cells = [(r["method"], r["workload"], r["phase"]) for r in data["throughput"]]
     assert cells == [(m, w, p) for m in ("ft", "lora", "masking 0.1%")
                      for w, p in (("2-cand", "train"), ("2-cand", "eval"), ("record", "eval"))]
     for r in data["throughput"]:
         assert r["flat_examples_per_s"] > 0 and r["shared_examples_per_s"] > 0
-        assert math.isclose(r["speedup"], r["shared_examples_per_s"] / r["flat_examples_per_s"])
+        assert r["batches"] == 2 and len(r["round_speedups"]) == 2   # one batch per round, pooled
+        assert min(r["round_speedups"]) <= r["speedup"] <= max(r["round_speedups"])
     if data["memory"]:
         peaks = {m["scoring"]: m["peak_mem_bytes"] for m in data["memory"]}
         assert peaks["shared prompt"] < peaks["full logits (before)"]
@@ -180,14 +181,39 @@ def test_e2e_workloads_share_prompts():
 
 def test_e2e_speedup_is_the_median_of_paired_ratios():
     """Steps of both paths run in turn; a slow spell hitting one pair must not skew the speed-up."""
-    from rmpeft.bench.e2e import Workload, row_from_times
+    from rmpeft.bench.e2e import Workload, row_from_rounds
 
     w = Workload("2-cand", 8, 2, (1,), 4, True)
     times = {"flat": [2.0, 8.0, 2.2], "shared": [1.0, 4.0, 1.0]}  # the second pair ran in a slow spell
-    r = row_from_times("ft", w, "train", times)
+    r = row_from_rounds("ft", w, "train", [times])
     assert r.speedup == pytest.approx(2.0)                      # pair ratios 2.0, 2.0, 2.2
     assert r.flat_examples_per_s == pytest.approx(4 / 2.2) and r.shared_examples_per_s == pytest.approx(4 / 1.0)
     assert r.shared_examples_per_s / r.flat_examples_per_s == pytest.approx(2.2)  # ratio of medians differs
+    assert (r.speedup_q1, r.speedup_q3, r.batches) == (pytest.approx(2.0), pytest.approx(2.1), 3)
+    # rounds are pooled: one slow round (ratios 1.5) weighs as its batches do, and has its own median
+    later = {"flat": [3.0, 3.0], "shared": [2.0, 2.0]}
+    r = row_from_rounds("ft", w, "train", [times, later])
+    assert r.batches == 5 and r.speedup == pytest.approx(2.0)   # ratios 1.5, 1.5, 2.0, 2.0, 2.2
+    assert r.round_speedups == [pytest.approx(2.0), pytest.approx(1.5)]
+
+
+def test_e2e_cells_time_batches_until_their_budget(monkeypatch):
+    """At least ``steps`` pairs; then more pairs while the cell has run less than ``seconds``, at most ``max_steps``."""
+    import itertools
+
+    from rmpeft.bench import e2e
+
+    clock = itertools.count()             # every timed call takes 1 s
+    monkeypatch.setattr(e2e.time, "perf_counter", lambda: float(next(clock)))
+    order: list[str] = []
+    fns = {"flat": lambda: order.append("flat"), "shared": lambda: order.append("shared")}
+    cpu = torch.device("cpu")
+    assert len(e2e._timed_in_turn(fns, cpu, warmup=1, steps=2)["flat"]) == 2
+    assert order == ["flat", "shared", "flat", "shared", "shared", "flat"]    # warm-up, then in turn
+    times = e2e._timed_in_turn(fns, cpu, warmup=0, steps=1, seconds=5)
+    assert times == {"flat": [1.0] * 3, "shared": [1.0] * 3}               # 2 s per pair: 3 pairs reach 5 s
+    assert len(e2e._timed_in_turn(fns, cpu, warmup=0, steps=1, seconds=1e9, max_steps=7)["shared"]) == 7
+    assert len(e2e._timed_in_turn(fns, cpu, warmup=0, steps=9, seconds=1, max_steps=7)["shared"]) == 9
 
 
 def test_rows_take_their_steps_in_turn_on_their_own_copies(monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from rmpeft import records
 from rmpeft.deltas.format import open_delta
+from rmpeft.errors import RmpeftError
 from rmpeft.trainer import train
 from tests.conftest import REPO, compose_train
 
@@ -92,6 +94,18 @@ def test_ratio_out_of_range_is_one_line(smoke_overrides):
     assert proc.returncode == 1
     err = [ln for ln in proc.stderr.splitlines() if "error" in ln]
     assert len(err) == 1 and "0.9" in err[0] and "ratio" in err[0], proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("override,field", [
+    ("logger.mode=ofline", "logger.mode='ofline'"),
+    ("task.data_dir=/nonexistent/SST-2", "task.data_dir='/nonexistent/SST-2'"),
+])
+def test_bad_logger_or_data_folder_stops_before_any_record(smoke_overrides, override, field):
+    """Checked with the config: no `running` record is left behind for a run that never started."""
+    cfg = compose_train(smoke_overrides + ["logger=wandb", override])
+    with pytest.raises(RmpeftError, match="^" + re.escape(field)):
+        train(cfg)
+    assert not records.run_dir(cfg).exists()
 
 
 @pytest.mark.slow

@@ -69,6 +69,31 @@ def test_missing_local_model_path_is_neither_folder_nor_hub_id(tmp_path):
     validate(_cfg(model__name_or_path="facebook/opt-125m"))    # a hub id is not checked offline
 
 
+def test_data_dir_must_be_an_existing_folder(tmp_path):
+    with pytest.raises(RmpeftError, match=r"^task.data_dir='/nonexistent/RTE' is not an existing folder; expected"):
+        validate(_cfg(task__data_dir="/nonexistent/RTE"))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(RmpeftError, match=r"^task.data_dir='.*file.txt' is not an existing folder"):
+        validate(_cfg(task__data_dir=str(tmp_path / "file.txt")))
+    validate(_cfg(task__data_dir=str(tmp_path)))
+    validate(_cfg(task__data_dir=None))                         # the hub
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"task__layout": "folders"}, r"^task.layout='folders' is invalid; expected one of auto, hub, imagefolder, "),
+    ({"logger": {"name": "tensorboard"}}, r"^logger.name='tensorboard' is invalid; expected one of none, wandb$"),
+    ({"logger": {"name": "wandb", "mode": "ofline", "project": "p"}},
+     r"^logger.mode='ofline' is invalid; expected one of online, offline, disabled$"),
+    ({"logger": {"name": "wandb", "mode": "offline", "project": ""}}, r"^logger.project='' is invalid"),
+    ({"logger": {"name": "wandb", "mode": "offline", "init_timeout": 0}}, r"^logger.init_timeout=0 is invalid"),
+])
+def test_task_layout_and_logger_fields(over, message):
+    with pytest.raises(RmpeftError, match=message):
+        validate(_cfg(**over))
+    validate(_cfg(logger={"name": "none", "mode": "ignored by the none logger"}))
+    validate(_cfg(logger={"name": "wandb", "mode": "disabled", "project": "p", "init_timeout": 5}))
+
+
 def test_method_fields_are_checked_with_their_prefix():
     fields = {"ratio": Float(0, 1, low_open=True), "backend": Choice("auto", "torch"), "r": Int(1)}
     with pytest.raises(RmpeftError, match=r"^method.ratio='abc' is invalid"):

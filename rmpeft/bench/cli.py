@@ -32,7 +32,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from rmpeft.bench.e2e import check_e2e_targets, e2e_table, memory_rows, memory_table, run_e2e
+from rmpeft.bench.e2e import CELL_SECONDS, MAX_STEPS, check_e2e_targets, e2e_table, memory_rows, memory_table, run_e2e
 from rmpeft.bench.report import check_targets, summarize, table
 from rmpeft.bench.steps import CLOCKS, Memory, Row, run_row, time_rows_in_turn
 from rmpeft.bench.workload import (
@@ -79,11 +79,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per row and round (default 3; --e2e: timed batches per cell, default 5)")
+                   help="timed steps per row and round (default 3; --e2e: the least timed batches per cell, default 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before them (default 1)")
     p.add_argument("--rounds", type=int, default=1,
                    help="passes over all rows; each row reports the median of its round medians and their spread, "
-                        "and ratios are taken within each round (rows of one round ran close in time)")
+                        "and ratios are taken within each round (rows of one round ran close in time); --e2e: "
+                        "passes over all cells, a cell's batches pooled over the rounds")
     p.add_argument("--sequential", action="store_true",
                    help="time row after row on the one model (default: every row on its own copy of the model, "
                         "one step of each in turn, so that ratios compare steps seconds apart; needs a copy per row)")
@@ -102,6 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="whole-run throughput of candidate scoring (flat vs shared prompt) and its memory, "
                         "on SmolLM2-135M (its real weights when the rmpeft[smollm2] extra is installed, else "
                         "its shape with random weights; --model to change it)")
+    p.add_argument("--cell-seconds", type=float, default=None,
+                   help=f"--e2e: after the least timed batches, keep timing a cell's batches (both paths, in turn) "
+                        f"until they add up to this many seconds, at most {MAX_STEPS} (default {CELL_SECONDS:g}; "
+                        f"0 with --small)")
     p.add_argument("--random-weights", action="store_true",
                    help="--e2e: random weights even where the real model is installed")
     return p.parse_args(argv)
@@ -132,6 +137,9 @@ def _run(args: argparse.Namespace) -> int:
         raise unknown_choice("--dtype", dname, DTYPES)
     batch_n, seq = args.batch or (4 if args.small else 8), args.seq or (64 if args.small else 128)
     steps = args.steps if args.steps is not None else (2 if args.small else (5 if args.e2e else 3))
+    seconds = args.cell_seconds if args.cell_seconds is not None else (0.0 if args.small else CELL_SECONDS)
+    if seconds < 0:
+        raise RmpeftError(f"--cell-seconds {seconds:g}: must be at least 0")
     if args.rounds < 1:
         raise RmpeftError(f"--rounds {args.rounds}: must be at least 1")
     warmup = args.warmup if args.warmup is not None else 1
@@ -155,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     model = load_pretrained(source, DTYPES[dname], device) if source else build_model(shape, DTYPES[dname], device)
     total = count_parameters(model)
     if args.e2e:
-        return _run_e2e(args, model, shape, dname, device, steps, warmup, source)
+        return _run_e2e(args, model, shape, dname, device, steps, warmup, seconds, source)
     targets = sum(m.weight.numel() for n, m in model.named_modules()
                   if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in TARGETS)
     rows = plan_rows(args.ratios, backends, targets / total, not args.only_masking)
@@ -217,10 +225,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_e2e(args: argparse.Namespace, model: nn.Module, shape: str, dname: str, device: torch.device,
-             steps: int, warmup: int, source: str | None) -> int:
+             steps: int, warmup: int, seconds: float, source: str | None) -> int:
     total = count_parameters(model)
     autocast = DTYPES[dname] if dname != "fp32" else None
-    rows = run_e2e(model, total, device, args.small, warmup, steps, autocast)
+    rows = run_e2e(model, total, device, args.small, warmup, steps, autocast, seconds, args.rounds)
     if device.type == "cpu" and Memory.cpu_supported():
         Memory.prepare_cpu()
     mem = memory_rows(model, device, args.small) if device.type == "cuda" or Memory.cpu_supported() else []
@@ -234,9 +242,10 @@ def _run_e2e(args: argparse.Namespace, model: nn.Module, shape: str, dname: str,
     what = f"{shape} (pretrained weights from {source})" if source else \
         f"{shape}-shaped random {model.config.model_type.upper()}"
     print(f"rmpeft-bench --e2e: {what} ({total / 1e6:.1f}M "
-          f"parameters, vocabulary {model.config.vocab_size}), {dname}, {device.type}, {where}; per cell, the median "
-          f"of {steps} timed batches ({warmup} warm-up), the two paths in turn; speed-up: the median of the "
-          f"per-batch ratios")
+          f"parameters, vocabulary {model.config.vocab_size}), {dname}, {device.type}, {where}; per cell and round "
+          f"({args.rounds} round(s)), {warmup} warm-up batch(es), then at least {steps} timed batches per path, more "
+          f"until the cell has run {seconds:g} s (at most {MAX_STEPS}), the two paths in turn; ex/s from the median "
+          f"batch time; speed-up: the median of the per-batch ratios of all rounds, with their quartiles")
     print(e2e_table(rows))
     if mem:
         print(memory_table(mem, model_bytes))

@@ -19,7 +19,7 @@ import gc
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -30,6 +30,8 @@ from rmpeft.bench.steps import ATTACH, Memory, Row, make_optimizer
 from rmpeft.scoring.batch import Row as TokenRow
 
 E2E_METHODS = (Row("ft"), Row("lora"), Row("masking", 0.001, "auto"))
+CELL_SECONDS = 60.0   # default timing budget of one cell (both paths), beyond the minimum of timed batches
+MAX_STEPS = 50        # timed batches per cell at most
 
 
 @dataclass(frozen=True)
@@ -85,21 +87,26 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed_in_turn(fns: dict[str, Callable[[], None]], device: torch.device, warmup: int,
-                   steps: int) -> dict[str, list[float]]:
+                   steps: int, seconds: float = 0.0, max_steps: int = MAX_STEPS) -> dict[str, list[float]]:
     """Seconds of each of ``fns`` per timed step, the functions called in turn (their order alternating
-    from step to step), so that a slow spell of a shared machine hits all of them alike."""
+    from step to step), so that a slow spell of a shared machine hits all of them alike. At least
+    ``steps`` steps; more, up to ``max_steps``, until the timed calls add up to ``seconds`` (a cheap
+    cell gets more pairs: the median of its ratios steadies without making the costly cells longer)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(steps):
+    spent, i = 0.0, 0
+    while i < steps or (spent < seconds and i < max_steps):
         for name in (names if i % 2 == 0 else names[::-1]):
             _sync(device)
             start = time.perf_counter()
             fns[name]()
             _sync(device)
             times[name].append(time.perf_counter() - start)
+            spent += times[name][-1]
+        i += 1
     return times
 
 
@@ -111,44 +118,64 @@ class E2ERow:
     flat_examples_per_s: float  # batch size / median step time
     shared_examples_per_s: float
     speedup: float              # median over timed steps of (flat time / shared time), steps run in turn
+    speedup_q1: float           # first and third quartiles of those per-step ratios
+    speedup_q3: float
+    batches: int                # timed batches per path (all rounds)
+    round_speedups: list[float] = field(default_factory=list)  # the median ratio of each round
 
 
-def row_from_times(method: str, w: Workload, phase: str, times: dict[str, list[float]]) -> E2ERow:
-    flat, shared = times["flat"], times["shared"]
+def _median_ratio(times: dict[str, list[float]]) -> float:
+    return statistics.median(f / s for f, s in zip(times["flat"], times["shared"]))
+
+
+def row_from_rounds(method: str, w: Workload, phase: str, rounds: list[dict[str, list[float]]]) -> E2ERow:
+    """One cell's row from the times of its rounds (:func:`_timed_in_turn`), pooled."""
+    flat = [t for r in rounds for t in r["flat"]]
+    shared = [t for r in rounds for t in r["shared"]]
+    ratios = [f / s for f, s in zip(flat, shared)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
     return E2ERow(method, w.name, phase, w.batch / statistics.median(flat), w.batch / statistics.median(shared),
-                  statistics.median(f / s for f, s in zip(flat, shared)))
+                  statistics.median(ratios), q1, q3, len(ratios), [_median_ratio(r) for r in rounds])
 
 
 def run_e2e(model: nn.Module, total: int, device: torch.device, small: bool, warmup: int, steps: int,
-            autocast_dtype: torch.dtype | None = None) -> list[E2ERow]:
-    """Examples per second of every method x workload x phase, with both scoring paths timed in turn."""
+            autocast_dtype: torch.dtype | None = None, seconds: float = 0.0, rounds: int = 1) -> list[E2ERow]:
+    """Examples per second of every method x workload x phase, with both scoring paths timed in turn.
+
+    Per cell and round: ``warmup`` batches, then at least ``steps`` timed batches, more while the cell
+    has run less than ``seconds``. ``rounds`` passes over all cells, each method attached afresh; a
+    cell's batches are pooled over the rounds, so a slow minute of the machine weighs on one round
+    of a cell, not on all of its batches."""
     vocab = model.config.vocab_size
-    out = []
-    for row in E2E_METHODS:
-        att = ATTACH[row.method](model, Row(row.method, row.ratio, row.backend), total)
-        opt = make_optimizer(att.params)
-        try:
-            for w in workloads(small):
-                batch = make_batch(w, vocab, device)
-                for phase in (("train", "eval") if w.train else ("eval",)):
-                    def step(path: str, phase: str = phase) -> None:
-                        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                            if phase == "train":
-                                scoring.classification_loss(att.model, batch, path).backward()
-                                opt.step()
-                                opt.zero_grad(set_to_none=True)
-                            else:
-                                with torch.no_grad():
-                                    scoring.predict_choices(att.model, batch, path)
-                    times = _timed_in_turn({p: functools.partial(step, p) for p in ("flat", "shared")},
-                                           device, warmup, steps)
-                    label = row.method if row.ratio is None else f"{row.method} {100 * row.ratio:g}%"
-                    out.append(row_from_times(label, w, phase, times))
-        finally:
-            del opt
-            att.detach()
-            gc.collect()
-    return out
+    cells: dict[tuple[str, str, str], list[dict[str, list[float]]]] = {}
+    for _ in range(rounds):
+        for row in E2E_METHODS:
+            label = row.method if row.ratio is None else f"{row.method} {100 * row.ratio:g}%"
+            att = ATTACH[row.method](model, Row(row.method, row.ratio, row.backend), total)
+            opt = make_optimizer(att.params)
+            try:
+                for w in workloads(small):
+                    batch = make_batch(w, vocab, device)
+                    for phase in (("train", "eval") if w.train else ("eval",)):
+                        def step(path: str, phase: str = phase) -> None:
+                            with torch.autocast(device.type, dtype=autocast_dtype,
+                                                enabled=autocast_dtype is not None):
+                                if phase == "train":
+                                    scoring.classification_loss(att.model, batch, path).backward()
+                                    opt.step()
+                                    opt.zero_grad(set_to_none=True)
+                                else:
+                                    with torch.no_grad():
+                                        scoring.predict_choices(att.model, batch, path)
+                        times = _timed_in_turn({p: functools.partial(step, p) for p in ("flat", "shared")},
+                                               device, warmup, steps, seconds)
+                        cells.setdefault((label, w.name, phase), []).append(times)
+            finally:
+                del opt
+                att.detach()
+                gc.collect()
+    by_name = {w.name: w for w in workloads(small)}
+    return [row_from_rounds(label, by_name[name], phase, times) for (label, name, phase), times in cells.items()]
 
 
 def memory_rows(model: nn.Module, device: torch.device, small: bool) -> list[tuple[str, int]]:
@@ -171,11 +198,13 @@ def memory_rows(model: nn.Module, device: torch.device, small: bool) -> list[tup
 
 
 def e2e_table(rows: list[E2ERow]) -> str:
-    head = f"{'method':<14}{'workload':<10}{'phase':<7}{'flat ex/s':>11}{'shared ex/s':>13}{'speedup':>9}"
+    head = (f"{'method':<14}{'workload':<10}{'phase':<7}{'flat ex/s':>11}{'shared ex/s':>13}{'speedup':>9}"
+            f"{'quartiles':>13}{'batches':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
+        quartiles = f"{r.speedup_q1:.2f}-{r.speedup_q3:.2f}"
         lines.append(f"{r.method:<14}{r.workload:<10}{r.phase:<7}{r.flat_examples_per_s:>11.2f}"
-                     f"{r.shared_examples_per_s:>13.2f}{r.speedup:>8.2f}x")
+                     f"{r.shared_examples_per_s:>13.2f}{r.speedup:>8.2f}x{quartiles:>13}{r.batches:>9}")
     return "\n".join(lines)
 
 

@@ -37,7 +37,8 @@ def flat_token_logprobs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, t
     """(sum, count) of candidate-token log-probabilities per row, one forward over the flat rows."""
     keep = torch.zeros_like(batch.option_mask, dtype=torch.bool)
     keep[:, :-1] = batch.option_mask[:, 1:].bool()       # position t predicts token t + 1
-    logits, _ = selected_logits(model, keep, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    logits, _ = selected_logits(model, keep, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                use_cache=False)  # nothing is decoded after it: no key/value cache to fill
     targets = batch.input_ids[:, 1:][keep[:, :-1]]
     return row_sums(target_logprobs(logits, targets), keep), keep.sum(-1).to(torch.float32)
 

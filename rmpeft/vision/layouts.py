@@ -27,8 +27,7 @@ import numpy as np
 from PIL import Image
 
 from rmpeft.errors import RmpeftError, unknown_choice
-
-LAYOUTS = ("auto", "hub", "imagefolder", "cifar10", "mnist", "svhn", "digits")
+from rmpeft.validation import IMAGE_LAYOUTS as LAYOUTS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 DIGITS_TEST = 500
 DIGITS_SIZE = 32
