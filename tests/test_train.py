@@ -63,11 +63,12 @@ def test_huge_learning_rate_is_recorded_as_diverged_not_a_crash(smoke_overrides)
 
 
 def test_failure_is_recorded_then_raised(smoke_overrides, tmp_path):
-    cfg = compose_train(smoke_overrides + ["task=rte", f"task.data_dir={tmp_path / 'missing'}"])
+    (tmp_path / "RTE").mkdir()    # a folder without the task's files: fails once the run has started
+    cfg = compose_train(smoke_overrides + ["task=rte", f"task.data_dir={tmp_path / 'RTE'}"])
     with pytest.raises(Exception):
         train(cfg)
     rec = records.read_record(records.run_dir(cfg))
-    assert rec["status"] == "failed" and "missing" in rec["error"]
+    assert rec["status"] == "failed" and "missing data file" in rec["error"] and "train.jsonl" in rec["error"]
 
 
 def test_cli_smoke_writes_a_finished_record(smoke_overrides):
