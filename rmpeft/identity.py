@@ -38,6 +38,7 @@ EXCLUDED: tuple[str, ...] = (
     "trainer.save_delta",
     "data_root",
     "official_folders",
+    "one_file_tasks",               # only builds task.test_pool_share (experiment=cpu-study), which stays in
     "model.paper_first_token_id",   # only feeds model.first_token_id under protocol=paper (which stays in)
     "model.gguf.install",           # the install hint printed when the GGUF package is missing
     "model.dtype",                  # no longer a field (precision is trainer.precision); older records have it
@@ -53,6 +54,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "method.layout": "pooled",
     "method.layer_norm_biases": False,
     "method.reallocate": True,
+    "trainer.nonfinite_steps": "stop",
+    "task.test_pool_share": None,
 }
 
 # Fields that vary inside one table cell (a grid point or a repetition), not between settings.
@@ -100,9 +103,27 @@ def _drop(tree: dict[str, Any], dotted: str) -> Any:
     return node.pop(leaf, None) if isinstance(node, dict) else None
 
 
+def canonical_numbers(value: Any) -> Any:
+    """``value`` with every integral float written as an int (``1.0`` -> ``1``, ``1e4`` -> ``10000``), so
+    that the spellings of one number on a command line or in a yaml file give one identity."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: canonical_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical_numbers(v) for v in value]
+    return value
+
+
 def run_identity(cfg: Any) -> dict[str, Any]:
-    """The result-changing part of a run's config (a DictConfig or the dict stored in a record)."""
-    tree = as_dict(cfg)
+    """The result-changing part of a run's config (a DictConfig or the dict stored in a record).
+
+    Numbers are canonical (:func:`canonical_numbers`); local data counts by its content
+    (``task.data_fingerprint``, set by :func:`rmpeft.resolve.resolve_run_config`), not by its path,
+    except in records written before fingerprints, where the path is all there is."""
+    tree = canonical_numbers(as_dict(cfg))
+    if _lookup(tree, "task.data_fingerprint") not in (_MISSING, None):
+        _drop(tree, "task.data_dir")
     for path in EXCLUDED:
         _drop(tree, path)
     for path, neutral in NEUTRAL_DEFAULTS.items():

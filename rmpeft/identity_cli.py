@@ -4,7 +4,8 @@
     rmpeft-identity model=opt-125m task=rte method=masking method.ratio=1e-4 optim.lr=1e-2 --json
 
 Prints the run folder, the identity hash, the record's status there, and the identity itself (every
-result-changing field; see ``rmpeft/identity.py``). Checks the config as ``rmpeft-train`` does.
+result-changing field; see ``rmpeft/identity.py``), with ``auto`` fields and local data resolved as on
+this machine (``rmpeft/resolve.py``). Checks the config as ``rmpeft-train`` does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from rmpeft import records
 from rmpeft.config import check_choices, compose_config
 from rmpeft.errors import RmpeftError
+from rmpeft.resolve import resolve_run_config
 from rmpeft.run import check_config
 
 
@@ -24,6 +26,7 @@ def describe(overrides: list[str]) -> dict:
     check_choices(overrides)
     cfg = compose_config(overrides)
     check_config(cfg)
+    resolve_run_config(cfg)
     return {"run_dir": str(records.run_dir(cfg)), "identity_hash": records.identity_hash(cfg),
             "setting_hash": records.setting_hash(cfg), "status": records.run_status(cfg),
             "identity": records.run_identity(cfg)}

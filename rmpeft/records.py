@@ -63,6 +63,7 @@ class RunRecord:
     val_metric: float | None = None          # validation metric at best_epoch
     test_metric: float | None = None         # test metric at best_epoch
     distance_from_init: float | None = None  # L2 distance between initial and final trainable parameters
+    skipped_steps: int | None = None         # optimizer steps skipped for non-finite gradients (nonfinite_steps=skip)
     method_state: dict[str, Any] | None = None   # method-specific facts (e.g. AdaLoRA ranks)
     split_sizes: dict[str, int] | None = None
     wall_s: float | None = None

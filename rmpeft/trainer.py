@@ -28,8 +28,10 @@ from rmpeft.data import Example
 from rmpeft.deltas.export import keep_run_delta
 from rmpeft.errors import RmpeftError, unknown_choice
 from rmpeft.loggers import RunLogger, build_logger
+from rmpeft.loss_scaling import OverflowBudget
 from rmpeft.optim import build_optimizer, build_scheduler
 from rmpeft.records import RunRecord
+from rmpeft.resolve import resolve_run_config
 from rmpeft.run_stats import Heartbeat, Timer, examples_in, peak_memory
 from rmpeft.run import Run, batch_loss, build_run, check_config, make_accelerator, total_steps, train_loader
 from rmpeft.validation import EPOCH_SELECTIONS
@@ -97,6 +99,12 @@ def validation_loss(run: Run) -> float:
     return sum(t for t, _ in parts) / max(sum(n for _, n in parts), 1)
 
 
+def _finite_gradients(params: list[torch.Tensor]) -> bool:
+    """Whether every gradient entry of ``params`` is finite (what a loss scaler checks for overflow)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+
+
 def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None],
         timer: Timer | None = None) -> list[torch.Tensor]:
     """Train for ``trainer.epochs`` epochs, validating after each; fill ``rec`` as it goes.
@@ -119,6 +127,9 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None],
         # Nothing to choose an epoch by: the last one is tested (never silently the first).
         log.warning("no validation examples: testing the last epoch (trainer.select_epoch_by=last)")
         select_by = "last"
+    # trainer.nonfinite_steps: `stop` ends the run at the first non-finite loss; `skip` skips such steps
+    # as fp16 dynamic loss scaling does and stops only where DeepSpeed would (rmpeft/loss_scaling.py).
+    overflows = OverflowBudget() if cfg.trainer.get("nonfinite_steps", "stop") == "skip" else None
     step = 0
     for epoch in range(1, int(cfg.trainer.epochs) + 1):
         model.train()
@@ -136,15 +147,27 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None],
                     if reg is not None:
                         loss = loss + reg
                 value = float(loss.detach())
-                if not math.isfinite(value) or value > float(cfg.trainer.divergence_loss):
+                if overflows is None and (not math.isfinite(value) or value > float(cfg.trainer.divergence_loss)):
                     raise Diverged(f"train loss {value} at epoch {epoch}, step {step}")
-                losses.append(value)
+                if math.isfinite(value):
+                    losses.append(value)
+                # Every process runs backward, so that a non-finite loss on one reaches all of them
+                # through the gradient all-reduce and every process skips the same steps.
                 acc.backward(loss)
-                if acc.sync_gradients and cfg.optim.max_grad_norm:
+                overflow = acc.sync_gradients and overflows is not None and not _finite_gradients(params)
+                if acc.sync_gradients and cfg.optim.max_grad_norm and not overflow:
                     acc.clip_grad_norm_(params, float(cfg.optim.max_grad_norm))
-                opt.step()
+                if not overflow:
+                    opt.step()
                 if acc.sync_gradients:   # one schedule step per optimizer step (see make_accelerator)
-                    sched.step()
+                    if overflows is not None:
+                        stop = overflows.step(overflow)
+                        rec.skipped_steps = overflows.skipped
+                        if stop:
+                            raise Diverged(f"{overflows.skipped} non-finite steps, the last at epoch {epoch}, step "
+                                           f"{step}: fp16 loss scaling would be at its minimum")
+                    if not overflow:   # a skipped step moves neither the weights nor the schedule
+                        sched.step()
                     step += 1
                     run.handle.on_optimizer_step(step)
                 opt.zero_grad(set_to_none=True)
@@ -251,6 +274,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     A run that raises is recorded as failed (with the error) and the exception propagates.
     """
     check_config(cfg)
+    cfg = resolve_run_config(cfg)   # `auto` fields and local data as this machine resolves them
     folder = records.run_dir(cfg)
     try:
         existing = records.read_record(folder)

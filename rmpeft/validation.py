@@ -70,6 +70,7 @@ def Choice(*choices: str, nullable: bool = False) -> Spec:  # noqa: N802
 DEVICES = ("auto", "cpu", "cuda")
 EPOCH_SELECTIONS = ("val_metric", "val_loss", "last")   # trainer.select_epoch_by
 SAVE_DELTA = ("auto", "always", "never")                # trainer.save_delta
+NONFINITE_STEPS = ("stop", "skip")                      # trainer.nonfinite_steps
 TASK_OBJECTIVES = ("classification", "lm")              # task.objective of tasks with candidates
 IMAGE_LAYOUTS = ("auto", "hub", "imagefolder", "cifar10", "mnist", "svhn", "digits")  # task.layout (rmpeft.vision)
 LOGGERS = ("none", "wandb")                             # logger.name (conf/logger)
@@ -99,6 +100,7 @@ COMMON_FIELDS: dict[str, Spec] = {
     "task.num_val": Int(1, nullable=True),
     "task.num_test": Int(1, nullable=True),
     "task.full_train": BOOL,
+    "task.test_pool_share": Spec("float", low=0, high=1, low_open=True, nullable=True, required=False),
     "task.objective": Spec("choice", choices=TASK_OBJECTIVES, required=False),
     "task.grad_accum": Spec("int", low=1, required=False),
     "task.data_dir": Spec("str", nullable=True, required=False),
@@ -126,6 +128,7 @@ COMMON_FIELDS: dict[str, Spec] = {
     "trainer.max_steps": Int(1, nullable=True),
     "trainer.select_epoch_by": Spec("choice", choices=EPOCH_SELECTIONS, required=False),
     "trainer.divergence_loss": Float(0, low_open=True),
+    "trainer.nonfinite_steps": Spec("choice", choices=NONFINITE_STEPS, required=False),
     "analysis.hessian": BOOL,
     "analysis.hessian_iters": Int(1),
     "analysis.hessian_tol": Float(0, low_open=True),

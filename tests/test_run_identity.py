@@ -53,7 +53,9 @@ def test_bad_values_are_refused_even_when_a_finished_record_exists(smoke_overrid
 
 
 def test_a_corrupt_record_is_reported_with_its_path_and_kept(smoke_overrides):
-    cfg = compose_train(smoke_overrides + FAST)
+    from rmpeft.resolve import resolve_run_config
+
+    cfg = resolve_run_config(compose_train(smoke_overrides + FAST))
     folder = records.run_dir(cfg)
     folder.mkdir(parents=True)
     (folder / "record.json").write_text('{"status": "finish')
@@ -118,3 +120,81 @@ def test_configs_recorded_before_identities_keep_theirs():
         assert records.identity_hash(entry["config"]) == records.identity_hash(new), (
             entry["overrides"], differing_fields(run_identity(entry["config"]), run_identity(new)))
 
+
+
+def _identity(overrides):
+    from rmpeft.resolve import resolve_run_config
+
+    cfg = resolve_run_config(compose_train(overrides))
+    return records.run_dir(cfg), records.run_identity(cfg)
+
+
+@pytest.mark.parametrize("a,b", [
+    ("optim.lr=1", "optim.lr=1.0"),
+    ("method.ratio=1", "method.ratio=1.0"),
+    ("trainer.divergence_loss=10000", "trainer.divergence_loss=1e4"),
+    ("optim.weight_decay=0", "optim.weight_decay=0.0"),
+])
+def test_spellings_of_one_number_are_one_run(a, b):
+    base = ["model=opt-125m", "task=rte", "method=masking"]
+    assert _identity(base + [a])[0] == _identity(base + [b])[0]
+
+
+def test_auto_fields_are_hashed_as_they_resolve_here():
+    base = ["model=opt-125m", "task=rte", "method=masking"]
+    auto_dir, auto_id = _identity(base)
+    assert auto_id["trainer"]["device"] == "cpu" and auto_id["trainer"]["precision"] == "fp32"   # no GPU here
+    assert _identity(base + ["trainer.device=cpu", "trainer.precision=fp32"])[0] == auto_dir
+    assert _identity(base + ["trainer.device=cuda", "trainer.precision=bf16"])[0] != auto_dir
+    # a SLURM job that asks for a GPU runs on one: resolved as cuda/bf16 from a CPU login node
+    slurm_dir, slurm_id = _identity(base + ["cluster=slurm"])
+    assert (slurm_id["trainer"]["device"], slurm_id["trainer"]["precision"]) == ("cuda", "bf16")
+    assert slurm_dir == _identity(base + ["trainer.device=cuda", "trainer.precision=bf16"])[0] != auto_dir
+
+
+def _data_copy(tmp_path, name):
+    import shutil
+
+    folder = tmp_path / name / "RTE"
+    shutil.copytree(REPO / "tests" / "fixtures" / "tasks" / "RTE", folder)
+    return folder
+
+
+def test_local_data_is_identified_by_its_content_not_its_path(tmp_path):
+    a, b = _data_copy(tmp_path, "here"), _data_copy(tmp_path, "there")
+    base = ["model=opt-125m", "task=rte", "method=masking"]
+    dir_a, id_a = _identity(base + [f"task.data_dir={a}"])
+    assert "data_dir" not in id_a["task"] and len(id_a["task"]["data_fingerprint"]) == 64
+    assert _identity(base + [f"task.data_dir={b}"])[0] == dir_a          # same files elsewhere: same run
+    with open(b / "val.jsonl", "a") as f:                                 # other files at a path: another run
+        f.write('{"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 9999}\n')
+    assert _identity(base + [f"task.data_dir={b}"])[0] != dir_a
+    assert _identity(base)[0] != dir_a                                   # hub data is another source
+
+
+def test_a_record_stores_what_its_auto_fields_resolved_to(smoke_overrides):
+    rec = _run(smoke_overrides + FAST + ["trainer.device=auto"])
+    assert rec["config"]["trainer"]["device"] == "cpu" and rec["config"]["trainer"]["precision"] == "fp32"
+    assert rec["identity_hash"] == records.identity_hash(rec["config"])
+    again = _run(smoke_overrides + FAST + ["trainer.device=cpu", "trainer.precision=fp32"])
+    assert again.get("skipped") and again["run_dir"] == rec["run_dir"]
+
+
+def test_records_from_before_resolution_migrate_to_where_a_relaunch_looks(tmp_path):
+    """Stored configs with `auto` fields (written before resolution) move to the folder that today's
+    launch of the same command line resolves to on a CPU."""
+    from rmpeft.migrate import migrate
+    from rmpeft.resolve import resolve_recorded_config, resolve_run_config
+
+    stored = json.loads((REPO / "tests" / "fixtures" / "configs_before_identity.json").read_text())
+    for entry in stored:
+        new = resolve_run_config(compose_train(entry["overrides"] + ["trainer.device=cpu"]))
+        old = resolve_recorded_config(json.loads(json.dumps(entry["config"])), device="cpu")
+        assert records.identity_hash(old) == records.identity_hash(new), entry["overrides"]
+    entry = stored[1]
+    config = {**entry["config"], "results_root": str(tmp_path)}
+    folder = records.legacy_run_dir(config)
+    records.write_record(folder, {"status": "finished", "config": config, "test_metric": 0.5})
+    assert migrate(tmp_path, apply=True, say=lambda s: None) == 1
+    relaunch = resolve_run_config(compose_train(entry["overrides"] + [f"results_root={tmp_path}"]))
+    assert records.run_status(relaunch) == "finished"

@@ -10,6 +10,7 @@ import pytest
 
 from rmpeft import records
 from rmpeft.config import compose_config, hydra_initialized
+from rmpeft.resolve import resolve_run_config
 from rmpeft.sweeps.cli import main
 from rmpeft.sweeps.spec import load_sweep
 from rmpeft.sweeps.status import SweepRun, mark_dead
@@ -88,7 +89,7 @@ def fast_smoke(tmp_path, cache_dir) -> list[str]:
 def _folders(overrides: list[str], lr: str, seeds=(1, 2)) -> list[Path]:
     """The run folders of the smoke sweep's runs with this learning rate."""
     sweep = load_sweep(SWEEPS / "smoke.yaml").with_overrides([f"optim.lr={lr}", f"seed={','.join(map(str, seeds))}"])
-    return [records.run_dir(compose_config([*run, *overrides])) for run in sweep.runs()]
+    return [records.run_dir(resolve_run_config(compose_config([*run, *overrides]))) for run in sweep.runs()]
 
 
 @pytest.mark.slow

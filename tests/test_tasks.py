@@ -481,3 +481,24 @@ def test_task_order_is_the_papers_table_order():
         pytest.skip("the paper's Table 5 is not in this checkout")
     header = tables[0].read_text().splitlines()[0].split(",")
     assert [TASK_LABELS[t] for t in TASK_ORDER] == header[3:-1]  # model, method, params, <tasks>, avg
+
+
+def test_one_file_split_into_disjoint_test_and_training_pools(tmp_path):
+    """task.test_pool_share: a task whose train split is not at hand (BoolQ in the shared data) takes
+    both pools from its validation file, disjoint, with the test pool the same for every seed."""
+    import json
+
+    rows = [{"question": f"is {i} even", "passage": f"N{i} -- number {i}.", "idx": i, "label": i % 2 == 0}
+            for i in range(40)]
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = task_cfg("boolq", data_dir=str(tmp_path), num_train=20, num_val=5, num_test=100, test_pool_share=0.25)
+    splits = {seed: load_splits(cfg, seed) for seed in (1, 2)}
+    for seed, s in splits.items():
+        seen = {role: {ex.prompt for ex in s[role]} for role in ("train", "validation", "test")}
+        assert len(seen["test"]) == 10 and len(seen["train"]) == 20 and len(seen["validation"]) == 5
+        assert not (seen["test"] & (seen["train"] | seen["validation"]))
+    assert {ex.prompt for ex in splits[1]["test"]} == {ex.prompt for ex in splits[2]["test"]}
+    assert {ex.prompt for ex in splits[1]["train"]} != {ex.prompt for ex in splits[2]["train"]}
+    without = load_splits(task_cfg("boolq", data_dir=str(tmp_path), files={"train": "val.jsonl", "test": "val.jsonl"},
+                                   num_train=20, num_val=5, num_test=100), 1)
+    assert len(without["test"]) == 40   # without the share, the pools overlap: the share is what keeps them apart

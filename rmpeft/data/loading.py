@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rmpeft.data.example import Example
-from rmpeft.data.sampling import plan_splits
+from rmpeft.data.sampling import permutation, plan_splits
 from rmpeft.data.sources import load_raw
 from rmpeft.data.tasks import get_task
 
@@ -21,9 +21,27 @@ def render(task: str, raw: dict[str, Any], index: int | None = None) -> Example:
     return ex
 
 
+# The fixed permutation that divides one file between the test and training pools (task.test_pool_share):
+# independent of the data seed, so every seed tests on the same pool, as with an official split.
+POOL_SPLIT_SEED = 0
+
+
 def load_pools(task_cfg: Any) -> dict[str, Sequence[dict]]:
-    """The raw official train split (``"train"``) and validation split (``"test"``) of a task."""
-    return load_raw(task_cfg)
+    """The raw official train split (``"train"``) and validation split (``"test"``) of a task.
+
+    With ``task.test_pool_share`` set, both pools come from the validation split alone (for data whose
+    train split is not at hand): a fixed permutation gives that share of it to the test pool and the
+    rest, disjoint from it, to the training pool."""
+    pools = load_raw(task_cfg)
+    share = task_cfg.get("test_pool_share")
+    if share is None:
+        return pools
+    source = pools["test"]
+    order = permutation(len(source), POOL_SPLIT_SEED)
+    cut = int(round(len(source) * float(share)))
+    log.info("%s: %d test-pool and %d training-pool examples from one split (task.test_pool_share=%s)",
+             task_cfg.get("name"), cut, len(source) - cut, share)
+    return {"train": [source[i] for i in order[cut:]], "test": [source[i] for i in order[:cut]]}
 
 
 def load_splits(task_cfg: Any, data_seed: int) -> dict[str, list[Example]]:

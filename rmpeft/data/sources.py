@@ -61,14 +61,15 @@ def hub_rows(task: str, rows: Sequence[dict], origin: str = "hub") -> MappedRows
     return MappedRows(rows, spec.hub, origin)
 
 
-def load_local(task: str, data_dir: str | Path, files: Any) -> dict[str, list[Raw]]:
-    """``{"train": ..., "test": ...}`` raw records from ``data_dir`` (``files.train``, ``files.test``)."""
+def load_local(task: str, data_dir: str | Path, files: Any, roles: Sequence[str] = ("train", "test")) -> dict[str, list[Raw]]:
+    """``{"train": ..., "test": ...}`` raw records from ``data_dir`` (``files.train``, ``files.test``; only
+    the ``roles`` asked for)."""
     reader = _reader(get_task(task))
     folder = Path(str(data_dir)).expanduser()
     if not folder.is_dir():
         raise DataFileError(f"task.data_dir '{data_dir}' is not a folder")
     out = {}
-    for role in ("train", "test"):
+    for role in roles:
         name = files.get(role) if files is not None else None
         if not name:
             raise RmpeftError(f"task.files.{role} is not set (the file name inside task.data_dir)")
@@ -101,11 +102,13 @@ def load_hub(task: str, source: Any) -> dict[str, Sequence[Raw]]:
 
 def load_raw(task_cfg: Any) -> dict[str, Sequence[Raw]]:
     """Raw train and test pools of a task config: generated in code when the task says so, else local
-    files when ``data_dir`` is set, else the Hub."""
+    files when ``data_dir`` is set, else the Hub. With ``task.test_pool_share`` set, only the test file
+    of local data is read (both pools come from it, see :func:`rmpeft.data.loading.load_pools`)."""
     spec = get_task(str(task_cfg.get("name")))
     if spec.pools is not None:
         return spec.pools(task_cfg)
     data_dir = task_cfg.get("data_dir")
     if data_dir:
-        return load_local(spec.name, data_dir, task_cfg.get("files"))
+        roles = ("test",) if task_cfg.get("test_pool_share") is not None else ("train", "test")
+        return load_local(spec.name, data_dir, task_cfg.get("files"), roles)
     return load_hub(spec.name, task_cfg.get("source"))

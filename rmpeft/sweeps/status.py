@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from rmpeft import records
 from rmpeft.config import compose_run
 from rmpeft.errors import RmpeftError
+from rmpeft.resolve import resolve_run_config
 from rmpeft.sweeps.compose import RunConfigs
 from rmpeft.sweeps.spec import SweepFile
 
@@ -43,8 +44,9 @@ class SweepRun:
 
 def run_location(cfg: DictConfig) -> tuple[Path, str]:
     """(run folder, identity hash) of a composed config: what decides whether a run is done. The folder's
-    name ends in ``-<identity hash>``; taking the hash from it halves the cost of 10^4 runs."""
-    folder = records.run_dir(cfg)
+    name ends in ``-<identity hash>``; taking the hash from it halves the cost of 10^4 runs. ``auto`` fields
+    resolve as on the machine the run will use (``rmpeft.resolve``)."""
+    folder = records.run_dir(resolve_run_config(cfg))
     return folder, folder.name.rsplit("-", 1)[-1]
 
 
