@@ -4,22 +4,29 @@ that composes a run's config outside ``@hydra.main`` (parameter counts, sweeps, 
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.errors import USAGE_EXIT, RmpeftError, unknown_choice
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 # Config groups of `train.yaml` whose command-line choices are checked.
 CHECKED_GROUPS = ("model", "task", "method", "optim", "logger", "cluster", "resources", "protocol", "experiment")
+# Config nodes that take fields the yaml files do not declare (``+model.arch.dropout=0.0``: a Hugging Face
+# config field; a site's rows of the resources tables; Hydra's own settings). Anywhere else, ``+key=value``
+# is refused: it adds a field that nothing reads (a typo such as ``+trainer.epoch=3``) and yet changes the
+# run's identity.
+OPEN_NODES = ("model.arch", "resources", "hydra")
 
 
 def group_choices(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
@@ -27,11 +34,14 @@ def group_choices(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
-def check_choices(args: Iterable[str], groups: Iterable[str] = CHECKED_GROUPS, conf_dir: Path = CONF_DIR) -> None:
-    """Raise a one-line error for a ``group=value`` override that names no config of that group.
+def check_choices(args: Iterable[str], groups: Iterable[str] = CHECKED_GROUPS, conf_dir: Path = CONF_DIR,
+                  config_name: str = "train") -> None:
+    """Raise a one-line error for a ``group=value`` override that names no config of that group, and for
+    a ``+key=value`` / ``++key=value`` that adds a field the config does not have (:func:`check_new_fields`).
 
     Comma-separated values (multirun lists) are checked one by one; ``null`` deselects a group.
     """
+    args = list(args)
     groups = set(groups)
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
@@ -44,16 +54,99 @@ def check_choices(args: Iterable[str], groups: Iterable[str] = CHECKED_GROUPS, c
         for v in value.split(","):
             if v not in choices:
                 raise unknown_choice(key, v, choices)
+    check_new_fields(args, conf_dir, config_name)
 
 
-def run_hydra_command(prog: str, hydra_main: Callable[[], object], groups: Iterable[str] = CHECKED_GROUPS) -> None:
-    """Entry point of a Hydra command: a bad group choice exits 2 with one line on stderr, before
-    Hydra composes; otherwise the Hydra app runs."""
+def is_open(key: str) -> bool:
+    """Whether a field may be added at ``key`` (it lies under one of :data:`OPEN_NODES`)."""
+    return any(key == node or key.startswith(node + ".") for node in OPEN_NODES)
+
+
+def value_overrides(args: Iterable[str], conf_dir: Path = CONF_DIR) -> Iterator[tuple[str, str, str]]:
+    """``(prefix, key, arg)`` of the overrides that set a field (not a group choice, not a flag):
+    prefix ``""``, ``"+"``, ``"++"`` or ``"~"``."""
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        raw = arg.split("=", 1)[0]
+        key = raw.lstrip("+~")
+        prefix = raw[: len(raw) - len(key)]
+        if not key or "/" in key or "@" in key or (conf_dir / key).is_dir():
+            continue   # a config group (``+experiment=smoke``, ``hydra/launcher=...``)
+        yield prefix, key, arg
+
+
+def field_paths(cfg: Any, prefix: str = "") -> set[str]:
+    """Every dotted path of a config (its nodes and leaves), without resolving it."""
+    tree = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+    out: set[str] = set()
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            path = f"{prefix}{k}"
+            out.add(path)
+            out |= field_paths(v, path + ".")
+    return out
+
+
+def default_fields(args: Iterable[str], conf_dir: Path = CONF_DIR, config_name: str = "train") -> set[str] | None:
+    """The field paths of the config composed from the group choices among ``args`` (the first value of a
+    comma list) and no value overrides; None when it cannot be composed (Hydra then reports why)."""
+    args = list(args)
+    values = {a for _, _, a in value_overrides(args, conf_dir)}
+    groups = [a.split(",", 1)[0] for a in args if not a.startswith(("-", "~")) and "=" in a and a not in values]
     try:
-        check_choices(sys.argv[1:], groups)
+        try:
+            return field_paths(compose_run(groups, config_name))
+        except AssertionError:   # Hydra is not initialised here (its check is an assert): initialise it now
+            return field_paths(compose_config(groups, config_name))
+    except (RmpeftError, HydraException, OmegaConfBaseException, ValueError):
+        return None
+
+
+def unknown_field(key: str, arg: str, known: Iterable[str] | None) -> RmpeftError:
+    """The one-line error for an override of a field the config does not have."""
+    close = difflib.get_close_matches(key, sorted(known or ()), n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return RmpeftError(f"unknown field '{key}' in '{arg}'{hint}; only fields under "
+                       f"{', '.join(OPEN_NODES)} can be added with '+'")
+
+
+def check_new_fields(args: Iterable[str], conf_dir: Path = CONF_DIR, config_name: str = "train",
+                     plain: bool = False) -> None:
+    """Refuse an override that adds a field outside :data:`OPEN_NODES`: ``+key=value`` (Hydra refuses
+    ``+`` on a field that exists), ``++key=value`` on a field the composed defaults lack, and with
+    ``plain`` also ``key=value`` on such a field (Hydra's own message for it spans several lines)."""
+    args = list(args)
+    suspects = [(p, k, a) for p, k, a in value_overrides(args, conf_dir)
+                if not is_open(k) and (p in ("+", "++") or (plain and p == ""))]
+    if not suspects:
+        return
+    known = default_fields(args, conf_dir, config_name)
+    for prefix, key, arg in suspects:
+        if known is None:
+            if prefix == "+":
+                raise unknown_field(key, arg, None)
+        elif key not in known:
+            raise unknown_field(key, arg, known)
+
+
+def run_hydra_command(prog: str, hydra_main: Callable[[], object], groups: Iterable[str] = CHECKED_GROUPS,
+                      config_name: str = "train") -> None:
+    """Entry point of a Hydra command: a bad group choice, an unknown field or a config that cannot be
+    composed exits with status 2 and one line on stderr, before Hydra runs; otherwise the Hydra app runs.
+    (A single run is composed here once; a ``--multirun`` or any other Hydra flag is left to Hydra.)"""
+    args = sys.argv[1:]
+    try:
+        check_choices(args, groups, config_name=config_name)
+        if not any(a.startswith("-") for a in args):
+            try:
+                compose_config(args, config_name)
+            except RmpeftError:
+                check_new_fields(args, config_name=config_name, plain=True)
+                raise
     except RmpeftError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USAGE_EXIT)
     hydra_main()
 
 

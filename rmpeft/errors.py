@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+# Exit status of every command for a usage or config error (an RmpeftError, a bad argument): argparse's own.
+USAGE_EXIT = 2
+
+
 class RmpeftError(Exception):
-    """An error caused by the user's input (config, data, command line). Printed as one line."""
+    """An error caused by the user's input (config, data, command line). Printed as one line; the command
+    exits with :data:`USAGE_EXIT`."""
 
 
 def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> RmpeftError:

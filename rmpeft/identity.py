@@ -34,8 +34,11 @@ EXCLUDED: tuple[str, ...] = (
     "trainer.progress",
     "trainer.eval_batch_size",
     "trainer.eval_max_tokens",
+    "trainer.train_max_tokens",     # splits a training micro-batch; the gradient is the same up to float order
+    "trainer.gradient_checkpointing",   # recomputes activations in the backward pass; the same numbers
     "trainer.save_trainable",
     "trainer.save_delta",
+    "trainer.resume",
     "data_root",
     "official_folders",
     "one_file_tasks",               # only builds task.test_pool_share (experiment=cpu-study), which stays in
@@ -56,6 +59,9 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "method.reallocate": True,
     "trainer.nonfinite_steps": "stop",
     "task.test_pool_share": None,
+    "method.down_bias_init": "zero",
+    "method.init_from": None,
+    "task.train_augment": "none",
 }
 
 # Fields that vary inside one table cell (a grid point or a repetition), not between settings.
@@ -124,6 +130,8 @@ def run_identity(cfg: Any) -> dict[str, Any]:
     tree = canonical_numbers(as_dict(cfg))
     if _lookup(tree, "task.data_fingerprint") not in (_MISSING, None):
         _drop(tree, "task.data_dir")
+    if _lookup(tree, "method.init_fingerprint") not in (_MISSING, None):
+        _drop(tree, "method.init_from")
     for path in EXCLUDED:
         _drop(tree, path)
     for path, neutral in NEUTRAL_DEFAULTS.items():

@@ -52,6 +52,7 @@ class WandbSettings:
     dir: str | None = None
     init_timeout: float = 90.0
     config: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None   # wandb run id; a resumed run logs into its interrupted attempt's run
 
 
 def derived_names(cfg: Any) -> tuple[str, str]:
@@ -139,6 +140,8 @@ class WandbLogger(RunLogger):
             group=s.group,
             tags=s.tags,
             dir=s.dir,
+            id=s.run_id,
+            resume="allow" if s.run_id else None,
             config=config,
             settings=wandb.Settings(init_timeout=s.init_timeout),
         )
@@ -195,13 +198,15 @@ def _is_secondary_process() -> bool:
     return False
 
 
-def build_logger(cfg: Any) -> RunLogger:
-    """The logger selected by ``cfg.logger.name`` (``none`` when the group is absent)."""
+def build_logger(cfg: Any, run_id: str | None = None) -> RunLogger:
+    """The logger selected by ``cfg.logger.name`` (``none`` when the group is absent); ``run_id``: the
+    wandb run to log into (created, or resumed when it exists)."""
     name = str(get_path(cfg, "logger.name", "none"))
     if name == "none":
         return RunLogger()
     if name == "wandb":
         settings = wandb_settings(cfg)
+        settings.run_id = run_id
         if _is_secondary_process():
             return RunLogger()
         return WandbLogger(settings)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from rmpeft import records
-from rmpeft.errors import RmpeftError
+from rmpeft.errors import USAGE_EXIT, RmpeftError
 from rmpeft.resolve import resolve_recorded_config
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         n = migrate(args.root, args.apply, device=args.auto_device, precision=args.auto_precision)
     except RmpeftError as e:
         print(f"rmpeft-migrate: error: {e}", file=sys.stderr)
-        return 1
+        return USAGE_EXIT
     print(f"{n} run folder(s) {'moved' if args.apply else 'to move (rerun with --apply)'}")
     return 0
 

@@ -36,8 +36,22 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX-512 BF16 or AMX); without them CPU autocast in
+    bf16 computes in bf16 but runs slower than fp32."""
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> fp32 on CPU, bf16 on a GPU that supports it, else fp16."""
+    """'auto' -> bf16 on a GPU that supports it, else fp16; fp32 on CPU.
+
+    The rule: ``auto`` picks a lower precision only where it is measured faster with results that
+    agree. On a GPU that is bf16 (fp16 where bf16 is missing). On CPU it stays fp32 on every CPU:
+    bf16 autocast was measured 2-4x slower than fp32 on a CPU without bf16 instructions
+    (docs/performance.md) and has not been measured on one with them; ``trainer.precision=bf16``
+    asks for it explicitly. The rule depends on the device type only, so a config's identity does
+    not depend on which CPU resolves it."""
     if precision not in PRECISIONS:
         raise RmpeftError(f"unknown trainer.precision '{precision}'; valid choices: {', '.join(PRECISIONS)}")
     if precision != "auto":

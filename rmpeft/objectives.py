@@ -52,6 +52,7 @@ class Objective:
         self.max_length = int(trainer_cfg.get("max_length", 1024))
         self.max_new_tokens = int(trainer_cfg.get("max_new_tokens", 50))
         self.eval_max_tokens = trainer_cfg.get("eval_max_tokens") or None
+        self.train_max_tokens = trainer_cfg.get("train_max_tokens") or None
         self.unwrap = unwrap
         self.max_batch_tokens = 0   # largest batch built so far, in tokens (candidate rows x padded length)
 
@@ -71,6 +72,11 @@ class Objective:
     def scores(self, model: nn.Module, examples: list[Example], device: torch.device) -> list[float]:
         """The metric's value on each example (the task metric is their mean)."""
         raise NotImplementedError
+
+    def train_parts(self, batch: Any) -> list[tuple[Any, float]]:
+        """A training micro-batch as the parts that are backpropagated one after another, each with its
+        share of the micro-batch's loss (the shares add up to 1): here the batch whole."""
+        return [(batch, 1.0)]
 
     @staticmethod
     def aggregate(scores: Sequence[float]) -> float:
@@ -125,6 +131,23 @@ class TextObjective(Objective):
             self.max_batch_tokens = max(self.max_batch_tokens, out[-1].num_tokens)
         return out
 
+    def train_parts(self, batch: scoring.Batch) -> list[tuple[scoring.Batch, float]]:
+        """Consecutive examples of the micro-batch whose flat layout (candidate rows x padded length)
+        holds at most ``trainer.train_max_tokens`` tokens (a larger example alone), each with its share
+        of the loss (:meth:`loss_share`): the shares' weighted losses add up to the micro-batch's, so the
+        gradient does not change beyond float order."""
+        if not self.train_max_tokens or batch.num_tokens <= int(self.train_max_tokens):
+            return [(batch, 1.0)]
+        chunks = scoring.size_chunks(batch.example_sizes(), int(self.train_max_tokens))
+        if len(chunks) == 1:
+            return [(batch, 1.0)]
+        parts = [batch.select(c) for c in chunks]
+        return [(p, self.loss_share(p, batch)) for p in parts]
+
+    def loss_share(self, part: scoring.Batch, whole: scoring.Batch) -> float:
+        """``part``'s weight in ``whole``'s loss: its share of the examples (the loss is their mean)."""
+        return len(part.num_candidates) / len(whole.num_candidates)
+
     @torch.no_grad()
     def mean_loss(self, model: nn.Module, examples: list[Example], batch_size: int, device: torch.device) -> float:
         """As :meth:`Objective.mean_loss`, with batches also bounded by ``trainer.eval_max_tokens``."""
@@ -164,6 +187,10 @@ class GenerationObjective(TextObjective):
 
     def loss(self, model: nn.Module, batch: scoring.Batch) -> torch.Tensor:
         return scoring.lm_loss(model, batch, self.scoring_path)
+
+    def loss_share(self, part: scoring.Batch, whole: scoring.Batch) -> float:
+        """The LM loss is a mean over answer tokens: ``part``'s share of them."""
+        return lm_token_share(part, whole)
 
     def scores(self, model: nn.Module, examples: list[Example], device: torch.device) -> list[float]:
         preds = scoring.generate_answers(self.unwrap(model), self.tokenizer, [e.prompt for e in examples],
@@ -207,12 +234,21 @@ class CandidateLMObjective(ChoiceObjective):
     def loss(self, model: nn.Module, batch: scoring.Batch) -> torch.Tensor:
         return scoring.lm_loss(model, batch, self.scoring_path)
 
+    def loss_share(self, part: scoring.Batch, whole: scoring.Batch) -> float:
+        """The LM loss is a mean over the gold candidates' tokens: ``part``'s share of them."""
+        return lm_token_share(part, whole)
+
     def eval_batches(self, examples: list[Example]) -> list[scoring.Batch]:
         if not self.eval_max_tokens:
             return [super().collate(examples)]     # every candidate
         return super().eval_batches(examples)
 
 
+
+
+def lm_token_share(part: scoring.Batch, whole: scoring.Batch) -> float:
+    """``part``'s share of ``whole``'s candidate tokens (what :func:`rmpeft.scoring.lm_loss` averages over)."""
+    return float(part.option_mask.sum()) / max(float(whole.option_mask.sum()), 1.0)
 
 
 def objective_type(task_cfg: Any) -> type[Objective]:

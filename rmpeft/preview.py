@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from rmpeft.config import CONF_DIR, run_hydra_command
 from rmpeft.data import Example, load_splits
-from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.errors import USAGE_EXIT, RmpeftError, unknown_choice
 
 SPLITS = ("train", "validation", "test")
 
@@ -54,13 +54,13 @@ def hydra_main(cfg: DictConfig) -> None:
         lines = preview_lines(cfg)
     except RmpeftError as e:
         print(f"rmpeft-preview: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(USAGE_EXIT)
     for line in lines:
         print(line)
 
 
 def main() -> None:
-    run_hydra_command("rmpeft-preview", hydra_main, groups=("task",))
+    run_hydra_command("rmpeft-preview", hydra_main, groups=("task",), config_name="preview")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from typing import Any
 
 from rmpeft.errors import RmpeftError
 from rmpeft.identity import get_path, identity_hash, run_identity, setting_hash, setting_identity
+from rmpeft.run_folder import NEXT_RECORD_FILE, RECORD_FILE, discard_next_delta, promote_next, share_like_umask
 
-RECORD_FILE = "record.json"
 STATUSES = ("running", "finished", "diverged", "failed")
 # Runs in these states are done: a relaunch skips them. A diverged run is a result (the LR is too
 # large), not an error.
@@ -38,9 +38,9 @@ HEARTBEAT_S = 60.0
 STALE_AFTER_S = 1800.0
 
 __all__ = [
-    "DONE_STATUSES", "HEARTBEAT_S", "RECORD_FILE", "STALE_AFTER_S", "STATUSES", "RunRecord", "atomic_write_json",
-    "find_records", "format_number", "get_path", "git_commit", "identity_hash", "is_stale", "legacy_run_dir",
-    "load_record", "method_tag", "read_record", "run_dir", "run_identity", "run_status", "setting_hash",
+    "DONE_STATUSES", "HEARTBEAT_S", "NEXT_RECORD_FILE", "RECORD_FILE", "STALE_AFTER_S", "STATUSES", "RunRecord",
+    "atomic_write_json", "check_result", "discard_next_delta", "find_records", "format_number", "get_path", "git_commit", "identity_hash", "is_stale", "legacy_run_dir",
+    "load_record", "method_tag", "promote_next", "read_record", "run_dir", "run_identity", "run_status", "setting_hash",
     "setting_identity", "stale_reason", "strict_json", "to_json_dict", "versions", "write_record",
 ]
 
@@ -64,6 +64,8 @@ class RunRecord:
     test_metric: float | None = None         # test metric at best_epoch
     distance_from_init: float | None = None  # L2 distance between initial and final trainable parameters
     skipped_steps: int | None = None         # optimizer steps skipped for non-finite gradients (nonfinite_steps=skip)
+    resumed_from_epoch: int | None = None    # the run continued after this many epochs of an interrupted attempt
+    wandb_id: str | None = None              # the wandb run this run logs into (kept by a resumed attempt)
     method_state: dict[str, Any] | None = None   # method-specific facts (e.g. AdaLoRA ranks)
     split_sizes: dict[str, int] | None = None
     wall_s: float | None = None
@@ -123,16 +125,33 @@ def method_tag(cfg: Any) -> str:
     return f"{name}-r{format_number(ratio)}" if ratio is not None else name
 
 
+# Config fields that name a level of the run folder.
+FOLDER_FIELDS = ("name", "model.name", "task.name", "method.name")
+
+
+def folder_component(field: str, value: Any) -> str:
+    """``value`` as one level of a run folder: a plain name, never a path. A value with a separator,
+    ``.``/``..``, a leading ``~`` or a control character would write outside the results folder (or
+    where tables and sweeps never look) and is refused in one line."""
+    text = str(value)
+    if (not text or text in (".", "..") or "/" in text or "\\" in text or text.startswith("~")
+            or any(ord(c) < 32 for c in text)):
+        raise RmpeftError(f"{field}={text!r} cannot name a run folder; expected a plain name "
+                          f"(no '/', '\\', '..' or leading '~')")
+    return text
+
+
 def legacy_run_dir(cfg: Any) -> Path:
     """The folder without the identity hash (``.../seed<seed>``), as runs were laid out before it."""
+    parts = {f: folder_component(f, get_path(cfg, f, "default" if f == "name" else None)) for f in FOLDER_FIELDS}
     return (
         Path(str(get_path(cfg, "results_root", "results/runs")))
-        / str(get_path(cfg, "name", "default"))
-        / str(get_path(cfg, "model.name"))
-        / str(get_path(cfg, "task.name"))
-        / method_tag(cfg)
-        / f"lr{format_number(get_path(cfg, 'optim.lr'))}"
-        / f"seed{get_path(cfg, 'seed', 0)}"
+        / parts["name"]
+        / parts["model.name"]
+        / parts["task.name"]
+        / folder_component("method", method_tag(cfg))
+        / folder_component("optim.lr", f"lr{format_number(get_path(cfg, 'optim.lr'))}")
+        / folder_component("seed", f"seed{get_path(cfg, 'seed', 0)}")
     )
 
 
@@ -165,6 +184,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"   # TypeError/ValueError before any write
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        share_like_umask(tmp, fd)   # mkstemp makes it private; a results folder may be shared
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -186,9 +206,9 @@ def to_json_dict(record: RunRecord | dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def write_record(folder: Path, record: RunRecord | dict[str, Any]) -> Path:
-    """Write ``record`` (strict JSON, atomically) into ``folder``; returns the file's path."""
-    path = Path(folder) / RECORD_FILE
+def write_record(folder: Path, record: RunRecord | dict[str, Any], name: str = RECORD_FILE) -> Path:
+    """Write ``record`` (strict JSON, atomically) into ``folder`` as ``name``; returns the file's path."""
+    path = Path(folder) / name
     atomic_write_json(path, to_json_dict(record))
     return path
 
@@ -221,11 +241,21 @@ def read_record(folder_or_file: Path) -> dict[str, Any] | None:
         raise RmpeftError(f"unreadable run record {p}: {e.strerror}") from e
     if not isinstance(rec, dict) or rec.get("status") not in STATUSES:
         raise RmpeftError(f"corrupt run record {p}: missing or invalid 'status'")
+
     nulls: dict[str, str] = dict(rec.get("nulls") or {})
     rec = strict_json(rec, nulls)
     if nulls:
         rec["nulls"] = nulls
     return rec
+
+
+def check_result(record: dict[str, Any], where: Path | str) -> None:
+    """A ``finished`` record must hold a numeric ``test_metric`` (a finished run always measures one);
+    one without cannot stand for a result and is reported, never skipped as done."""
+    test = record.get("test_metric")
+    if record.get("status") == "finished" and (isinstance(test, bool) or not isinstance(test, (int, float))):
+        raise RmpeftError(f"invalid run record {where}: 'finished' without a numeric test_metric ({test!r}); "
+                          f"force=true reruns it")
 
 
 def load_record(folder_or_file: Path) -> RunRecord | None:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, open_dict
 from rmpeft.errors import RmpeftError
 from rmpeft.identity import get_path
 
+INIT_FINGERPRINT_FIELD = "init_fingerprint"   # method.init_fingerprint: sha256 over the files of method.init_from
 FINGERPRINT_FIELD = "data_fingerprint"   # task.data_fingerprint: sha256 over the local files a task reads
 # Clusters whose jobs run on other machines (what they resolve to follows the job's GPU request).
 REMOTE_CLUSTERS = ("slurm",)
@@ -100,6 +101,16 @@ def data_fingerprint(task_cfg: Any) -> str | None:
     return h.hexdigest()
 
 
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 over the names and contents of every file below ``folder``."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        h.update(f"{path.relative_to(folder).as_posix()}\0{_file_digest(str(path), stat.st_size, stat.st_mtime_ns)}\n"
+                 .encode())
+    return h.hexdigest()
+
+
 def resolve_run_config(cfg: DictConfig) -> DictConfig:
     """``cfg`` with ``trainer.device`` / ``trainer.precision`` resolved for the machine that runs it and
     ``task.data_fingerprint`` set from the local files it reads (changed in place and returned). A config
@@ -107,7 +118,13 @@ def resolve_run_config(cfg: DictConfig) -> DictConfig:
     device = target_device(cfg)
     precision = target_precision(str(get_path(cfg, "trainer.precision", "auto")), device)
     fingerprint = data_fingerprint(cfg.task)
+    init_from = cfg.method.get("init_from") if "method" in cfg else None
+    if init_from and not Path(str(init_from)).expanduser().is_dir():
+        raise RmpeftError(f"method.init_from='{init_from}' is not an existing folder; expected a peft adapter "
+                          "folder or an rmpeft delta")
     with open_dict(cfg):
+        if init_from:   # the starting point counts by its content, like local data
+            cfg.method[INIT_FINGERPRINT_FIELD] = folder_fingerprint(Path(str(init_from)).expanduser())
         cfg.trainer.device = device
         cfg.trainer.precision = precision
         if fingerprint is not None:

@@ -64,6 +64,7 @@ from typing import Callable
 import numpy as np
 
 from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.validation import check_writable_folder
 
 FEATURES = ("rademacher", "uniform")
 DEFAULT_PS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
@@ -99,6 +100,10 @@ class TheoryConfig:
         bad = [p for p in self.ps if not 0.0 < p <= 1.0]
         if bad:
             raise RmpeftError(f"--p ratios must lie in (0, 1], got {bad}")
+        for p in self.ps:   # a mask must keep some coordinate: an empty one has no curvature (λ₁ = 0)
+            if self.d * p < 1:
+                raise RmpeftError(f"--p {p:g} keeps d·p = {self.d * p:g} of the d={self.d} coordinates on average; "
+                                  f"every ratio needs d·p >= 1 (here p >= {1 / self.d:g}, or a larger --d)")
         if self.features not in FEATURES:
             raise unknown_choice("feature distribution", self.features, FEATURES)
         if not 0.0 < self.delta < 1.0:
@@ -268,6 +273,9 @@ def simulate(cfg: TheoryConfig) -> list[Row]:
         for k in range(cfg.draws):
             mrng = _mask_rng(cfg.seed, p, k)
             mask = draw_mask(cfg.d, p, mrng)
+            if not mask.any():
+                raise RmpeftError(f"--p {p:g}: mask draw {k} keeps none of the d={cfg.d} coordinates (d·p = "
+                                  f"{cfg.d * p:g}); use a larger --d or --p, or another --seed")
             gram = masked_gram(x, mask)
             lam1, iters = power_top_eigenvalue(lambda v: hessian_vector_product(x, mask, v), cfg.d, mrng,
                                                cfg.power_iters, cfg.power_tol)
@@ -425,6 +433,7 @@ def parse_args(argv: list[str] | None) -> tuple[TheoryConfig, Path, bool]:
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, out, with_plot = parse_args(argv)
+        check_writable_folder(out, f"--out {out}")
         rows = simulate(cfg)
     except RmpeftError as e:
         print(f"rmpeft-theory: error: {e}", file=sys.stderr)

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rmpeft.config import CONF_DIR, run_hydra_command
-from rmpeft.errors import RmpeftError
+from rmpeft.errors import USAGE_EXIT, RmpeftError
 
 log = logging.getLogger("rmpeft")
 
@@ -46,7 +46,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except RmpeftError as e:
         if HydraConfig.get().mode == RunMode.RUN:
             print(f"rmpeft-train: error: {e}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(USAGE_EXIT)
         raise
     return record.get("val_metric")
 

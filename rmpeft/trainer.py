@@ -18,10 +18,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import torch
+from accelerate.utils import DistributedType
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from rmpeft import records
+from rmpeft import records, resume
 from rmpeft.analysis.distance import l2_distance, snapshot
 from rmpeft.analysis.sharpness import measure_run
 from rmpeft.data import Example
@@ -32,11 +33,17 @@ from rmpeft.loss_scaling import OverflowBudget
 from rmpeft.optim import build_optimizer, build_scheduler
 from rmpeft.records import RunRecord
 from rmpeft.resolve import resolve_run_config
+from rmpeft.run_folder import RunLock
 from rmpeft.run_stats import Heartbeat, Timer, examples_in, peak_memory
-from rmpeft.run import Run, batch_loss, build_run, check_config, make_accelerator, total_steps, train_loader
+from rmpeft.run import (Run, backward_micro_batch, batch_loss, build_run, check_config, make_accelerator,
+                        total_steps, train_loader)
 from rmpeft.validation import EPOCH_SELECTIONS
 
 log = logging.getLogger(__name__)
+
+
+# Runs whose optimizer state lives in shards: not resumed (rmpeft/resume.py).
+_SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 class Diverged(Exception):
@@ -130,8 +137,27 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None],
     # trainer.nonfinite_steps: `stop` ends the run at the first non-finite loss; `skip` skips such steps
     # as fp16 dynamic loss scaling does and stops only where DeepSpeed would (rmpeft/loss_scaling.py).
     overflows = OverflowBudget() if cfg.trainer.get("nonfinite_steps", "stop") == "skip" else None
-    step = 0
-    for epoch in range(1, int(cfg.trainer.epochs) + 1):
+    step, first_epoch = 0, 1
+    resumable = (bool(cfg.trainer.get("resume", True)) and acc.distributed_type not in _SHARDED
+                 and rec.run_dir is not None)
+    state = resume.load(rec.run_dir, rec.identity_hash) if resumable else None
+    if state is not None:   # an interrupted attempt of this run: continue after its last completed epoch
+        with torch.no_grad():
+            for p, v in zip(params, state.params):
+                p.copy_(v.to(p.device))
+        opt.load_state_dict(state.optimizer)
+        sched.load_state_dict(state.scheduler)
+        run.handle.load_training_state(state.method)
+        if overflows is not None and state.overflow_budget:
+            overflows.__dict__.update(state.overflow_budget)
+        resume.set_rng_states(state.rng)
+        step, first_epoch, rec.resumed_from_epoch = state.step, state.epoch + 1, state.epoch
+        best_val, best_loss, rec.best_epoch = state.best["val"], state.best["loss"], state.best["epoch"]
+        best_state, rec.epochs, rec.skipped_steps = state.best["state"], list(state.epochs), state.skipped_steps
+        timer.__dict__.update(state.timer)
+        if acc.is_main_process:
+            log.info("resuming %s after epoch %d of %d", rec.run_dir, state.epoch, cfg.trainer.epochs)
+    for epoch in range(first_epoch, int(cfg.trainer.epochs) + 1):
         model.train()
         loader = acc.prepare(train_loader(run, epoch))
         losses: list[float] = []
@@ -141,19 +167,14 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None],
         for batch in bar:
             timer.train_examples += examples_in(batch)
             with acc.accumulate(model):
-                with acc.autocast():
-                    loss = batch_loss(run, batch)
-                    reg = run.handle.regularization_loss()  # e.g. AdaLoRA's orthogonality penalty
-                    if reg is not None:
-                        loss = loss + reg
-                value = float(loss.detach())
+                # Forward and backward, in parts of at most trainer.train_max_tokens tokens. Every process
+                # runs backward, so that a non-finite loss on one reaches all of them through the
+                # gradient all-reduce and every process skips the same steps.
+                value = backward_micro_batch(run, batch, batch_loss)
                 if overflows is None and (not math.isfinite(value) or value > float(cfg.trainer.divergence_loss)):
                     raise Diverged(f"train loss {value} at epoch {epoch}, step {step}")
                 if math.isfinite(value):
                     losses.append(value)
-                # Every process runs backward, so that a non-finite loss on one reaches all of them
-                # through the gradient all-reduce and every process skips the same steps.
-                acc.backward(loss)
                 overflow = acc.sync_gradients and overflows is not None and not _finite_gradients(params)
                 if acc.sync_gradients and cfg.optim.max_grad_norm and not overflow:
                     acc.clip_grad_norm_(params, float(cfg.optim.max_grad_norm))
@@ -192,6 +213,14 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None],
             best_state = snapshot(params)
         timer.fill(rec)
         save()
+        if resumable and acc.is_main_process and epoch < int(cfg.trainer.epochs):
+            resume.save(rec.run_dir, resume.ResumeState(
+                identity_hash=rec.identity_hash, epoch=epoch, step=step, params=snapshot(params),
+                optimizer=opt.state_dict(), scheduler=sched.state_dict(), method=run.handle.training_state(),
+                rng=resume.rng_states(), best={"val": best_val, "loss": best_loss, "epoch": rec.best_epoch,
+                                               "state": best_state},
+                epochs=list(rec.epochs), timer=dict(timer.__dict__), skipped_steps=rec.skipped_steps,
+                overflow_budget=dict(overflows.__dict__) if overflows is not None else None, wandb_id=rec.wandb_id))
         if cfg.trainer.max_steps and step >= int(cfg.trainer.max_steps):
             break
     final = snapshot(params)
@@ -270,14 +299,19 @@ def _build_and_finish(cfg: DictConfig, accelerator: Any, rec: RunRecord, logger:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one config end to end and return its record (also written to ``<run_dir>/record.json``).
 
-    A run whose record is already finished (or diverged) is skipped unless ``force=true``.
-    A run that raises is recorded as failed (with the error) and the exception propagates.
+    A run whose record is already finished (or diverged) is skipped unless ``force=true``; a forced
+    rerun writes beside the old result and replaces it only with a new finished one (or, over a
+    diverged one, with any new result). A launch of a run that another live process holds stops with
+    one line (:class:`rmpeft.run_folder.RunLock`). A run that raises is recorded as failed (with the
+    error) and the exception propagates.
     """
     check_config(cfg)
     cfg = resolve_run_config(cfg)   # `auto` fields and local data as this machine resolves them
     folder = records.run_dir(cfg)
     try:
         existing = records.read_record(folder)
+        if existing is not None:
+            records.check_result(existing, folder / records.RECORD_FILE)
     except RmpeftError:
         if not cfg.force:   # a corrupt record is reported, never silently replaced
             raise
@@ -286,14 +320,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("skipping %s: already %s (force=true reruns it)", folder, existing["status"])
         existing["skipped"] = True
         return existing
+    replacing = existing["status"] if existing and existing["status"] in records.DONE_STATUSES else None
 
     started = time.time()
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    rec = RunRecord(status="running", config=resolved, run_dir=str(folder), identity_hash=records.identity_hash(cfg),
+    identity = records.identity_hash(cfg)
+    rec = RunRecord(status="running", config=resolved, run_dir=str(folder), identity_hash=identity,
                     metric=cfg.task.get("metric"), started_at=_now(), versions=records.versions(),
                     git_commit=records.git_commit())
     accelerator, _ = make_accelerator(cfg)
     is_main = accelerator.is_main_process
+    claim = RunLock(folder, records.STALE_AFTER_S)
+    if is_main:
+        claim.acquire()
+        if cfg.force:
+            resume.discard(folder)   # a forced rerun starts afresh
+    # a relaunch that will resume logs into the interrupted attempt's wandb run
+    resuming = existing and (folder / resume.RESUME_FILE).exists() and existing.get("wandb_id")
+    rec.wandb_id = existing["wandb_id"] if resuming else resume.new_wandb_id(identity)
+    # A forced rerun of a result writes its record beside it until it has a result of its own.
+    record_name = records.NEXT_RECORD_FILE if replacing else records.RECORD_FILE
+    if is_main and not replacing:   # an earlier rerun's leftover attempt: this run's record is record.json
+        (folder / records.NEXT_RECORD_FILE).unlink(missing_ok=True)
 
     writing = threading.Lock()   # the heartbeat thread writes the record too
 
@@ -302,22 +350,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             with writing:
                 rec.wall_s = round(time.time() - started, 3)
                 rec.heartbeat_at = _now()
-                records.write_record(folder, rec)
+                records.write_record(folder, rec, record_name)
+                claim.beat()
 
-    save()
-    logger = build_logger(cfg) if is_main else RunLogger()
-    logger.log_config(resolved)
     try:
-        with Heartbeat(save, records.HEARTBEAT_S):
-            _build_and_finish(cfg, accelerator, rec, logger, save)
-    except BaseException as e:
-        rec.status, rec.error, rec.finished_at = "failed", f"{type(e).__name__}: {e}".splitlines()[0], _now()
         save()
-        logger.log_summary(rec.to_dict())
-        logger.finish()
-        raise
-    rec.finished_at = _now()
-    save()
+        logger = build_logger(cfg, rec.wandb_id) if is_main else RunLogger()
+        logger.log_config(resolved)
+        try:
+            with Heartbeat(save, records.HEARTBEAT_S):
+                _build_and_finish(cfg, accelerator, rec, logger, save)
+        except BaseException as e:
+            rec.status, rec.error, rec.finished_at = "failed", f"{type(e).__name__}: {e}".splitlines()[0], _now()
+            save()
+            logger.log_summary(rec.to_dict())
+            logger.finish()
+            raise
+        rec.finished_at = _now()
+        save()
+        if is_main:
+            resume.discard(folder)   # the run has a result
+        if is_main and replacing:
+            _settle_rerun(folder, replacing, rec.status)
+    finally:
+        if is_main and replacing and rec.status != "running":
+            records.discard_next_delta(folder)
+        claim.release()
     out = records.to_json_dict(rec)
     logger.log_summary(out)
     logger.finish()
@@ -325,3 +383,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s: status=%s best_epoch=%s val=%s test=%s", folder, rec.status, rec.best_epoch,
                  rec.val_metric, rec.test_metric)
     return out
+
+
+def _settle_rerun(folder: Any, old_status: str, new_status: str) -> None:
+    """After a forced rerun: its result replaces the old one when it is finished, or when the old one
+    was diverged and the new one is a result too; otherwise the old result stays and the attempt's
+    record is kept beside it."""
+    if new_status == "finished" or (old_status == "diverged" and new_status in records.DONE_STATUSES):
+        records.promote_next(folder)
+    else:
+        log.warning("%s: the rerun ended %s; the %s result is kept (this attempt: %s)", folder, new_status,
+                    old_status, records.NEXT_RECORD_FILE)

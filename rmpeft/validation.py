@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException, UnsupportedInterpolationType
+
 from rmpeft.errors import RmpeftError
 from rmpeft.identity import as_dict, get_path
 from rmpeft.optim import OPTIMIZERS, SCHEDULERS
@@ -73,8 +76,14 @@ SAVE_DELTA = ("auto", "always", "never")                # trainer.save_delta
 NONFINITE_STEPS = ("stop", "skip")                      # trainer.nonfinite_steps
 TASK_OBJECTIVES = ("classification", "lm")              # task.objective of tasks with candidates
 IMAGE_LAYOUTS = ("auto", "hub", "imagefolder", "cifar10", "mnist", "svhn", "digits")  # task.layout (rmpeft.vision)
+TRAIN_AUGMENTS = ("none", "random_resized_crop")        # task.train_augment of image tasks (rmpeft.vision.data)
 LOGGERS = ("none", "wandb")                             # logger.name (conf/logger)
 WANDB_MODES = ("online", "offline", "disabled")         # logger.mode of the wandb logger
+
+# The largest learning rate: with AdamW every step moves each trained weight by about lr, so any lr above
+# about 1 diverges (a diverged run is a result and is recorded, hence room up to 1e6); far beyond it, lr
+# times the optimizer's step factors leaves float32's range (3.4e38) and the run crashes instead.
+LR_MAX = 1e6
 
 BOOL = Spec("bool")
 STR = Spec("str")
@@ -105,9 +114,10 @@ COMMON_FIELDS: dict[str, Spec] = {
     "task.grad_accum": Spec("int", low=1, required=False),
     "task.data_dir": Spec("str", nullable=True, required=False),
     "task.layout": Spec("choice", choices=IMAGE_LAYOUTS, required=False),
+    "task.train_augment": Spec("choice", choices=TRAIN_AUGMENTS, required=False),
     "logger.name": Spec("choice", choices=LOGGERS, required=False),
     "optim.name": Choice(*OPTIMIZERS),
-    "optim.lr": Float(0, low_open=True),
+    "optim.lr": Float(0, LR_MAX, low_open=True),
     "optim.betas": Spec("float_pair", low=0, high=1),
     "optim.eps": Float(0, low_open=True),
     "optim.weight_decay": Float(0),
@@ -119,12 +129,15 @@ COMMON_FIELDS: dict[str, Spec] = {
     "trainer.grad_accum": Int(1),
     "trainer.eval_batch_size": Int(1),
     "trainer.eval_max_tokens": Int(1, nullable=True),
+    "trainer.train_max_tokens": Spec("int", low=1, nullable=True, required=False),
+    "trainer.gradient_checkpointing": Spec("bool", required=False),
     "trainer.max_length": Int(2),
     "trainer.max_new_tokens": Int(1),
     "trainer.precision": Choice("auto", "fp32", "bf16", "fp16"),
     "trainer.device": Choice(*DEVICES),
     "trainer.save_delta": Spec("choice", choices=SAVE_DELTA, required=False),
     "trainer.progress": BOOL,
+    "trainer.resume": Spec("bool", required=False),
     "trainer.max_steps": Int(1, nullable=True),
     "trainer.select_epoch_by": Spec("choice", choices=EPOCH_SELECTIONS, required=False),
     "trainer.divergence_loss": Float(0, low_open=True),
@@ -217,6 +230,46 @@ def check_data_dir(data_dir: Any) -> None:
                           f"task's official files, or null to load the task from the Hugging Face Hub")
 
 
+def check_writable_folder(path: Path | str, name: str) -> None:
+    """``path`` must be a folder, or a path whose nearest existing parent is a folder this user can write
+    (it is created when missing); ``name`` is how the error names it (``results_root='x'``, ``--out x``)."""
+    path = Path(str(path)).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "is a file" if existing == path else f"lies below the file '{existing}'"
+        raise RmpeftError(f"{name} {what}; expected a folder (it is created when missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RmpeftError(f"{name}: '{existing}' is not writable; expected a folder this user can write")
+
+
+def check_results_root(root: Any) -> None:
+    """``results_root`` must be a folder this user can write, or creatable (run folders go below it)."""
+    if root is None or str(root) == "":
+        return
+    check_writable_folder(root, f"results_root='{root}'")
+
+
+def resolved(cfg: Any) -> dict[str, Any]:
+    """``as_dict(cfg)``; a value that cannot be resolved (an unknown ``${resolver:...}``, a missing
+    environment variable or key) is a one-line error naming the field and its text."""
+    try:
+        return as_dict(cfg)
+    except OmegaConfBaseException as e:
+        key = str(getattr(e, "full_key", "") or "")
+        raw = get_path(OmegaConf.to_container(cfg, resolve=False), key) if key and OmegaConf.is_config(cfg) else None
+        first = (str(getattr(e, "msg", "") or e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, UnsupportedInterpolationType):
+            from omegaconf.basecontainer import BaseContainer
+
+            known = ", ".join(sorted(getattr(BaseContainer, "_resolvers", {})))
+            reason = f"unknown resolver '{first.split('type', 1)[-1].strip()}'; known resolvers: {known}"
+        else:
+            reason = first
+        raise RmpeftError(f"{key or 'config'}={raw!r} cannot be resolved: {reason}") from None
+
+
 def check_logger(cfg: Any) -> None:
     """The wandb logger's fields (the ``none`` logger has none)."""
     if get_path(cfg, "logger.name", "none") == "wandb":
@@ -235,13 +288,16 @@ def check_batching(cfg: Any, processes: int | None = None) -> None:
 
 
 def validate(cfg: Any, method_fields: Mapping[str, Spec] | None = None,
-             extra_checks: Iterable[Callable[[Any], None]] = ()) -> None:
-    """Check a composed run config; raises a one-line :class:`RmpeftError` at the first bad value."""
-    cfg = as_dict(cfg)
+             extra_checks: Iterable[Callable[[Any], None]] = (), files: bool = True) -> None:
+    """Check a composed run config; raises a one-line :class:`RmpeftError` at the first bad value.
+    ``files=False`` leaves out the checks of paths on this machine (model, data, results folders)."""
+    cfg = resolved(cfg)
     check_fields(cfg, COMMON_FIELDS)
     check_fields(cfg, method_fields or {}, prefix="method.")
-    check_model_path(get_path(cfg, "model.name_or_path"))
-    check_data_dir(get_path(cfg, "task.data_dir", None))
+    if files:
+        check_model_path(get_path(cfg, "model.name_or_path"))
+        check_data_dir(get_path(cfg, "task.data_dir", None))
+        check_results_root(get_path(cfg, "results_root"))
     check_logger(cfg)
     check_batching(cfg)
     for check in extra_checks:

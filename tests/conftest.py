@@ -50,3 +50,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real task data not available at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def interrupt_training_at(monkeypatch, n: int):
+    """Make the n-th training micro-batch raise KeyboardInterrupt (Ctrl-C, or a job killed for requeue);
+    returns the real loss function."""
+    import rmpeft.trainer as trainer
+
+    real, calls = trainer.batch_loss, []
+
+    def loss(run, batch):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(run, batch)
+
+    monkeypatch.setattr(trainer, "batch_loss", loss)
+    return real

@@ -213,8 +213,12 @@ def test_run_from_record_checks_keys_and_metrics():
         run_from_record(bad, "x/record.json")
     no_metric = record()
     no_metric["test_metric"] = None
-    r = run_from_record(no_metric)
-    assert r.status == "failed" and "no val_metric/test_metric" in r.error
+    with pytest.raises(RmpeftError, match="invalid run record x/record.json: status 'finished' but it has no "
+                                          "test_metric"):
+        run_from_record(no_metric, "x/record.json")
+    text_metric = record(val="0.5")
+    with pytest.raises(RmpeftError, match="has val_metric='0.5', not a number"):
+        run_from_record(text_metric, "x/record.json")
     assert run_from_record(record(status="failed")).error == "boom"
     assert isinstance(run_from_record(record()), RunResult)
 

@@ -49,9 +49,11 @@ def test_small_rows_and_columns(small_rows):
             "peak_mem_bytes", "trainable_params", "trainable_state_bytes"}
     assert all(set(r) == keys for r in small_rows)
     got = [(r["method"], r["ratio"], r["backend"]) for r in small_rows]
+    shira_ratio = small_rows[-2]["ratio"]          # Random Masking at SHiRA's trainable count
     assert got == [("floor", None, None), ("masking", 0.1, "torch"), ("masking", 0.1, "dense"),
                    ("masking", 0.001, "torch"), ("masking", 0.001, "dense"),
-                   ("structured_masking", 0.001, "columns"), ("lora", None, None), ("ft", None, None)]
+                   ("structured_masking", 0.001, "columns"), ("lora", None, None), ("shira", None, None),
+                   ("masking", shira_ratio, "torch"), ("ft", None, None)]
     floor = small_rows[0]
     assert floor["ratio_to_floor"] == 1.0 and floor["trainable_params"] == 0 and floor["trainable_state_bytes"] == 0
     lora = next(r for r in small_rows if r["method"] == "lora")
@@ -91,6 +93,12 @@ def test_small_trainable_counts_and_state(small_rows):
             assert r["trainable_state_bytes"] == expected_state_bytes([k], 4, 4 * k) + 4 * 7
     assert by[("ft", None, None)]["trainable_params"] == total
     assert by[("lora", None, None)]["trainable_params"] == 4 * 2 * 2 * 8 * 256      # layers x (q,v) x (A,B) x r x d
+    shira = by[("shira", None, None)]
+    paired = small_rows[-2]
+    assert shira["trainable_params"] == paired["trainable_params"] == 4 * 2 * 8 * (256 + 256)   # r * (in + out)
+    # SHiRA: values, gradients, two moments and int32 (row, column) per entry, a step counter per matrix
+    assert shira["trainable_state_bytes"] == expected_state_bytes([shira["trainable_params"]], 4,
+                                                                  8 * shira["trainable_params"]) + 4 * 7
     s = by[("structured_masking", 0.001, "columns")]
     assert s["trainable_params"] % 256 == 0 and s["trainable_params"] > 0
 
@@ -155,7 +163,8 @@ def test_e2e_rows_memory_and_targets():
     """--e2e: every method x workload x phase with both paths; the memory row falls from full logits."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["--small", "--e2e", "--json", "--steps", "1", "--warmup", "0", "--rounds", "2"]) == 0
+        assert main(["--small", "--e2e", "--json", "--steps", "1", "--warmup", "0", "--rounds", "2",
+                     "--modes", "bf16", "checkpointing"]) == 0
     data = json.loads(out.getvalue())
     cells = [(r["method"], r["workload"], r["phase"]) for r in data["throughput"]]
     assert cells == [(m, w, p) for m in ("ft", "lora", "masking 0.1%")
@@ -167,6 +176,27 @@ def test_e2e_rows_memory_and_targets():
     if data["memory"]:
         peaks = {m["scoring"]: m["peak_mem_bytes"] for m in data["memory"]}
         assert peaks["shared prompt"] < peaks["full logits (before)"]
+    # precision and checkpointing: bf16 autocast on every phase, checkpointing on training, a ReCoRD-shaped
+    # training batch among them; the memory of each training batch in both modes
+    modes = [(r["mode"], r["workload"], r["phase"]) for r in data["modes"]]
+    assert modes == [("bf16", "2-cand", "train"), ("checkpointing", "2-cand", "train"), ("bf16", "2-cand", "eval"),
+                     ("bf16", "record", "train"), ("checkpointing", "record", "train")]
+    for r in data["modes"]:
+        assert r["base_examples_per_s"] > 0 and r["mode_examples_per_s"] > 0 and r["batches"] == 2
+        assert (r["base_peak_mem_bytes"] > 0) == (r["phase"] == "train" and bool(data["memory"]))
+    assert isinstance(data["cpu_bf16_instructions"], bool)
+
+
+def test_e2e_mode_targets():
+    from rmpeft.bench.e2e import ModeRow, check_mode_targets
+
+    rows = [ModeRow("2-cand", "train", "bf16", 1, 2, 2.0, 1.9, 2.1, 5),
+            ModeRow("2-cand", "eval", "bf16", 1, 1.5, 1.5, 1.4, 1.6, 5),
+            ModeRow("record", "train", "checkpointing", 1, 0.8, 0.8, 0.7, 0.9, 5, 2 << 30, 1 << 30)]
+    lines = check_mode_targets(rows, cpu_bf16=True)
+    assert lines[0].startswith("MISS bf16 vs fp32, 2-cand (worst: eval): 1.50x")
+    assert lines[1].startswith("ok   checkpointing, record train: 1.0 GiB vs 2.0 GiB")
+    assert check_mode_targets(rows, cpu_bf16=False)[0].startswith("n/a ")
 
 
 def test_e2e_workloads_share_prompts():

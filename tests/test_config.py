@@ -9,7 +9,7 @@ from rmpeft.errors import RmpeftError
 def test_group_choices_list_the_config_files():
     models = group_choices("model")
     assert models == sorted(models) and set(models) >= {"llama2-7b", "opt-1.3b", "opt-125m", "opt-13b", "tiny-opt"}
-    assert {"ft", "masking", "structured_masking", "lora", "adalora", "prefix", "adapter", "bitfit", "none"} == set(
+    assert {"ft", "masking", "structured_masking", "lora", "adalora", "prefix", "adapter", "bitfit", "shira", "none"} == set(
         group_choices("method"))
     assert set(group_choices("task")) >= {"sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc", "copa", "record",
                                           "squad", "drop"}

@@ -4,6 +4,7 @@ record's exact metrics, merged into a plain checkpoint; wrong bases and damaged 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -67,7 +68,7 @@ def test_run_keeps_its_delta_and_eval_reproduces_its_metrics(root, method, capsy
     assert eval_main([str(out), f"results_root={root / 'runs'}"]) == 0
     capsys.readouterr()
     (path,) = [p for p in (root / "runs").rglob("record.json")
-               if json.loads(p.read_text()).get("config", {}).get("evaluation", {}).get("delta") == delta.fingerprint]
+               if json.loads(p.read_text()).get("config", {}).get("evaluation", {}).get("delta") == delta.content_hash]
     ev = records.read_record(path)
     assert ev["status"] == "finished" and ev["delta"]["evaluated"] is True
     assert ev["test_metric"] == rec["test_metric"]
@@ -179,11 +180,10 @@ def test_corrupt_delta_is_refused(root, tmp_path, capsys, damage, match):
 
 
 def test_evaluations_of_different_deltas_never_share_a_folder(root):
-    _, _, out = trained(root, "masking")
-    one = open_delta(out)
-    two = open_delta(out)
-    two.meta = {**two.meta, "fingerprint": "0" * 16}
-    a, b = eval_config(one, ["task.num_test=16"]), eval_config(two, ["task.num_test=16"])
+    one, two = open_delta(trained(root, "masking")[2]), open_delta(trained(root, "lora")[2])
+    a = eval_config(one, ["task.num_test=16"])
+    b = eval_config(two, ["task.num_test=16"])
+    b.method = a.method   # only the delta differs
     assert records.identity_hash(a) != records.identity_hash(b)
     assert records.run_dir(a) != records.run_dir(b)
 
@@ -207,3 +207,128 @@ def test_export_of_a_run_without_delta_is_one_line(root, tmp_path, capsys):
     records.write_record(folder, rec)
     assert export_main([str(folder), "--out", str(tmp_path / "x")]) == 2
     assert "kept no delta" in _one_line_error(capsys)
+
+
+def _rewrite_meta(folder, **changes) -> None:
+    meta = json.loads((folder / META_FILE).read_text())
+    meta.update(changes)
+    (folder / META_FILE).write_text(json.dumps(meta))
+
+
+def _flip_last_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("unlisted", "extra.bin is not listed in delta.json"),
+    ("empty_listing", "is not listed in delta.json"),
+    ("outside", "lists '../../../etc/hostname', which is not a plain file name"),
+    ("subfolder", "sub is not listed in delta.json"),
+])
+def test_every_file_of_a_delta_is_verified(root, tmp_path, capsys, damage, match):
+    _, _, out = trained(root, "masking")
+    bad = tmp_path / "bad.delta"
+    shutil.copytree(out, bad)
+    if damage == "unlisted":
+        (bad / "extra.bin").write_bytes(b"x")
+    elif damage == "empty_listing":   # modified tensors, and a listing that names none of them
+        _flip_last_byte(bad / TENSOR_FILE)
+        _rewrite_meta(bad, files={})
+    elif damage == "outside":
+        _rewrite_meta(bad, files={**json.loads((bad / META_FILE).read_text())["files"],
+                                  "../../../etc/hostname": {"bytes": 1, "sha256": "0" * 64}})
+    else:
+        (bad / "sub").mkdir()
+    with pytest.raises(RmpeftError, match=re.escape(match)):
+        open_delta(bad)
+    assert eval_main([str(bad), f"results_root={root / 'runs'}"]) == 2
+    assert match in _one_line_error(capsys)
+    assert merge_main([str(bad), "--out", str(tmp_path / "merged")]) == 2
+    assert match in _one_line_error(capsys)
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_modified_delta_is_never_taken_for_an_evaluated_one(root, tmp_path, capsys):
+    _, _, out = trained(root, "masking")
+    assert eval_main([str(out), f"results_root={root / 'runs'}", "task.num_test=8"]) == 0
+    capsys.readouterr()
+    bad = tmp_path / "modified.delta"
+    shutil.copytree(out, bad)
+    _flip_last_byte(bad / TENSOR_FILE)
+    _rewrite_meta(bad, files={})
+    assert eval_main([str(bad), f"results_root={root / 'runs'}", "task.num_test=8"]) == 2
+    assert "already evaluated" not in capsys.readouterr().out
+
+
+def test_the_evaluation_identity_follows_the_delta_bytes_not_its_stored_fingerprint(root, tmp_path):
+    _, _, out = trained(root, "masking")
+    other = tmp_path / "other.delta"
+    shutil.copytree(out, other)
+    meta = json.loads((other / META_FILE).read_text())
+    _rewrite_meta(other, delta={**meta["delta"], "note": "another layout fact"})   # same tensors, same fingerprint
+    one, two = open_delta(out), open_delta(other)
+    assert one.fingerprint == two.fingerprint and one.content_hash != two.content_hash
+    a, b = eval_config(one, ["task.num_test=16"]), eval_config(two, ["task.num_test=16"])
+    assert records.identity_hash(a) != records.identity_hash(b)
+    same = tmp_path / "same.delta"
+    shutil.copytree(out, same)
+    assert records.identity_hash(eval_config(open_delta(same), ["task.num_test=16"])) == records.identity_hash(a)
+
+
+def test_a_forged_fingerprint_is_refused(root, tmp_path):
+    _, _, out = trained(root, "masking")
+    bad = tmp_path / "forged.delta"
+    shutil.copytree(out, bad)
+    _rewrite_meta(bad, fingerprint="0" * 16)
+    with pytest.raises(RmpeftError, match="fingerprint"):
+        open_delta(bad)
+
+
+def test_eval_writes_where_the_caller_says_never_where_the_delta_says(root, tmp_path, monkeypatch):
+    _, _, out = trained(root, "masking")
+    foreign = tmp_path / "foreign.delta"
+    shutil.copytree(out, foreign)
+    meta = json.loads((foreign / META_FILE).read_text())
+    config = meta["run"]["config"]
+    config.update(results_root=str(tmp_path / "theirs" / "runs"), cache_dir=str(tmp_path / "theirs" / "cache"),
+                  name="../../escape", force=True)
+    _rewrite_meta(foreign, run={**meta["run"], "config": config})
+    delta = open_delta(foreign)
+    cfg = eval_config(delta, [])
+    defaults = compose_train([])
+    assert cfg.results_root == defaults.results_root and cfg.cache_dir == defaults.cache_dir
+    assert cfg.force is False and "/" not in cfg.name and ".." not in cfg.name
+    mine = eval_config(delta, [f"results_root={tmp_path / 'mine'}", f"cache_dir={tmp_path / 'cache'}"])
+    assert mine.results_root == str(tmp_path / "mine") and mine.cache_dir == str(tmp_path / "cache")
+    assert records.run_dir(mine).is_relative_to(tmp_path / "mine")
+
+
+@pytest.mark.parametrize("override,match", [
+    ("task.num_tst=10", "unknown field 'task.num_tst' in 'task.num_tst=10' (did you mean task.num_test?)"),
+    ("+trainer.epoch=3", "unknown field 'trainer.epoch'"),
+    ("trainer.epochs=0", "trainer.epochs=0 is invalid"),
+])
+def test_eval_refuses_unknown_fields_and_bad_values(root, capsys, override, match):
+    _, _, out = trained(root, "masking")
+    assert eval_main([str(out), f"results_root={root / 'runs'}", override]) == 2
+    assert match in _one_line_error(capsys)
+
+
+def test_version_1_deltas_still_open(root, tmp_path):
+    """Version 1 listed the tensor files only; peft's side files stayed unlisted (and still count in the
+    content hash)."""
+    from rmpeft.deltas.format import PEFT_FILES, delta_fingerprint
+
+    _, _, out = trained(root, "lora")
+    old = tmp_path / "v1.delta"
+    shutil.copytree(out, old)
+    meta = json.loads((old / META_FILE).read_text())
+    files = {k: v for k, v in meta["files"].items() if k in PEFT_FILES}
+    assert set(files) != set(meta["files"])   # the new format lists adapter_config.json too
+    _rewrite_meta(old, format_version=1, files=files,
+                  fingerprint=delta_fingerprint(meta["method"], meta["base"]["fingerprint"], files))
+    delta = open_delta(old)
+    (old / "adapter_config.json").write_text((old / "adapter_config.json").read_text() + " ")
+    assert open_delta(old).content_hash != delta.content_hash

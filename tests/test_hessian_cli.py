@@ -133,3 +133,37 @@ def test_measure_run_restores_backends_and_mode(saved_run):
     assert {name: m.backend for name, m in masked_layers(run.model).items()} == backends
     with pytest.raises(RmpeftError, match="valid choices: dense, run"):
         measure_run(run, sparse_backend="sparse")
+
+
+def _copy_with_measured(saved_run, tmp_path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    rec = records.read_record(saved_run)
+    rec["hessian"] = {"before": {"eigenvalue": 1.5, "norm": 1.5, "converged": True, "source": "rmpeft-hessian"}}
+    records.write_record(copy, rec)
+    return copy
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--iters", "0"], "--iters=0 is invalid; expected an integer in [1, inf]"),
+    (["--iters", "-2"], "--iters=-2 is invalid; expected an integer in [1, inf]"),
+    (["--batches", "0"], "--batches=0 is invalid; expected an integer in [1, inf]"),
+    (["--tol", "0"], "--tol=0.0 is invalid; expected a number in (0, inf]"),
+])
+def test_bad_numbers_are_refused_before_anything_is_written(saved_run, tmp_path, capsys, argv, expected):
+    copy = _copy_with_measured(saved_run, tmp_path)
+    before = (copy / "record.json").read_text()
+    assert hessian_cli.main([str(copy), "--phase", "before", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"rmpeft-hessian: error: {expected}"
+    assert (copy / "record.json").read_text() == before
+
+
+def test_a_measured_eigenvalue_is_never_replaced_by_null(saved_run, tmp_path, capsys, monkeypatch):
+    copy = _copy_with_measured(saved_run, tmp_path)
+    nan = {"eigenvalue": float("nan"), "norm": float("nan"), "converged": False, "iterations": 1, "hvp": "autograd",
+           "num_params": 1, "seconds": 0.0}
+    monkeypatch.setattr(hessian_cli, "measure_run", lambda *a, **k: dict(nan))
+    assert hessian_cli.main([str(copy), "--phase", "before", "--iters", "1"]) == 1
+    assert "the recorded eigenvalue 1.5 is kept" in capsys.readouterr().err
+    assert records.read_record(copy)["hessian"]["before"]["eigenvalue"] == 1.5

@@ -105,7 +105,7 @@ def test_errors(results, tmp_path, capsys):
 def test_epochs_asks_wandb_for_history(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_load(roots, source=None, api=None, history=False):
+    def fake_load(roots, source=None, api=None, history=False, report=None):
         seen["history"] = history
         return [("wandb:e/p/1", record("rte", "ft", 1e-3, 0, 0.5, 0.5))]
 

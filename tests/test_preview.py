@@ -70,6 +70,6 @@ def test_preview_command_bad_input_is_one_line_on_stderr(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().startswith("rmpeft-preview: error: unknown task 'mnli'; valid choices:")
     proc = run_preview("task=rte", f"task.data_dir={tmp_path}")
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == f"rmpeft-preview: error: missing data file {tmp_path / 'train.jsonl'} " \
                                   f"(task.files.train in task.data_dir={tmp_path})"

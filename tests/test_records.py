@@ -109,3 +109,24 @@ def test_record_round_trip_keeps_unknown_keys(tmp_path):
     records.write_record(tmp_path, rec)
     back = records.load_record(tmp_path)
     assert back.extra == {"custom": [1, 2]} and back.get("method.ratio") == 0.0001
+
+
+def test_a_finished_record_without_a_numeric_test_metric_is_never_done(smoke_overrides):
+    """Not skipped as done forever: train and sweeps report it with its path; force=true reruns it."""
+    from rmpeft.resolve import resolve_run_config
+    from rmpeft.sweeps.status import SweepRun, refresh_status
+    from rmpeft.trainer import train
+    from tests.conftest import compose_train
+
+    fast = smoke_overrides + ["trainer.epochs=1", "task.num_train=16", "task.num_val=8", "task.num_test=8"]
+    cfg = resolve_run_config(compose_train(fast))
+    folder = records.run_dir(cfg)
+    for bad in (None, "0.8", True):
+        records.write_record(folder, {"status": "finished", "test_metric": bad})
+        with pytest.raises(RmpeftError, match="'finished' without a numeric test_metric"):
+            train(resolve_run_config(compose_train(fast)))
+        run = SweepRun(("x",), folder)
+        refresh_status([run])
+        assert run.status == "failed" and run.corrupt and "numeric test_metric" in run.error
+    rec = train(resolve_run_config(compose_train(fast + ["force=true"])))
+    assert rec["status"] == "finished" and isinstance(rec["test_metric"], float)

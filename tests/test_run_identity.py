@@ -66,11 +66,15 @@ def test_a_corrupt_record_is_reported_with_its_path_and_kept(smoke_overrides):
 
 @pytest.mark.parametrize("arg,message", [
     ("method.ratio=abc", "method.ratio='abc' is invalid; expected a number in (0, 1]"),
-    ("optim.lr=abc", "optim.lr='abc' is invalid; expected a number in (0, inf]"),
+    ("optim.lr=abc", "optim.lr='abc' is invalid; expected a number in (0, 1e+06]"),
     ("seed=abc", "seed='abc' is invalid; expected an integer in [0, inf]"),
     ("trainer.batch_size=0", "trainer.batch_size=0 is invalid; expected an integer in [1, inf]"),
     ("trainer.epochs=0", "trainer.epochs=0 is invalid; expected an integer in [1, inf]"),
     ("model.name_or_path=/nonexistent", "model.name_or_path='/nonexistent' is neither an existing folder nor a hub id"),
+    # checks that used to run only after the run's record was written
+    ("task.name=foo", "unknown task 'foo'; valid choices: boolq, cb, copa"),
+    ("method.ratio=0.5", "method.ratio=0.5 is outside (0, 0.0896987]: the target modules (q_proj, v_proj) hold"),
+    ("model.first_token_id=999999", "model.first_token_id=999999 is outside the model's vocabulary [0, 264)"),
 ])
 def test_cli_bad_value_is_one_line_without_traceback_and_writes_nothing(arg, message, results_root, cache_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -66,7 +66,7 @@ def test_cluster_profiles_scale_resources_with_the_model():
 def test_dead_jobs_are_marked_failed_with_their_logs(tmp_path):
     running, missing, finished = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     records.write_record(running, {"status": "running", "error": None, "config": {"seed": 1}, "epochs": [1]})
-    records.write_record(finished, {"status": "finished", "error": None})
+    records.write_record(finished, {"status": "finished", "error": None, "test_metric": 0.5})
     with hydra_initialized():
         mark_dead(SweepRun((), running), "job 7_1 ended without a result (state: CANCELLED by 0)", ("7_1.out", "7_1.err"))
         mark_dead(SweepRun(("experiment=smoke", f"results_root={tmp_path}"), missing), None, ())
@@ -95,7 +95,7 @@ def _folders(overrides: list[str], lr: str, seeds=(1, 2)) -> list[Path]:
 @pytest.mark.slow
 def test_finished_runs_are_skipped_and_failed_ones_rerun(tmp_path, fast_smoke, capsys):
     done, failed = _folders(fast_smoke, "1e-2")
-    records.write_record(done, {"status": "finished", "error": None, "marker": "kept"})
+    records.write_record(done, {"status": "finished", "error": None, "marker": "kept", "test_metric": 0.5})
     records.write_record(failed, {"status": "failed", "error": "RuntimeError: earlier crash"})
     rc, counts = run_json(["sweeps/smoke.yaml", "optim.lr=1e-2", *fast_smoke], capsys)
     assert rc == 0
@@ -109,13 +109,14 @@ def test_finished_runs_are_skipped_and_failed_ones_rerun(tmp_path, fast_smoke, c
 @pytest.mark.slow
 def test_a_failing_run_never_stops_the_others(tmp_path, fast_smoke, capsys):
     sweep = tmp_path / "failing.yaml"
-    # ratio 0.5 exceeds the share that q_proj/v_proj allow: that run fails; it is launched first
-    sweep.write_text("fixed: {experiment: smoke, seed: 1}\nparams: {method.ratio: '0.5,0.001'}\n")
+    (tmp_path / "RTE").mkdir()   # a folder without the task's files: that run fails once it has started
+    sweep.write_text("fixed: {experiment: smoke, seed: 1}\ngrids:\n"
+                     f"  - {{task: rte, task.data_dir: {tmp_path / 'RTE'}}}\n  - {{task: synthetic}}\n")
     rc, counts = run_json([str(sweep), *fast_smoke], capsys)
     assert rc == 1
     assert (counts["launched"], counts["finished"], counts["failed"]) == (2, 1, 1)
     bad = counts["failed_runs"][0]
-    assert "masking-r0.5" in bad["run_dir"] and bad["error"]
+    assert "/rte/" in bad["run_dir"] and "missing data file" in bad["error"]
     assert records.read_record(bad["run_dir"])["status"] == "failed"
     rc, counts = run_json([str(sweep), *fast_smoke], capsys)
     assert rc == 1 and counts["launched"] == 1 and counts["finished"] == 1
@@ -157,3 +158,46 @@ def test_force_relaunches_a_corrupt_record(tmp_path, fast_smoke, capsys):
     rc, counts = run_json(["sweeps/smoke.yaml", "optim.lr=1e-2", "seed=1", "force=true", *fast_smoke], capsys)
     assert rc == 0 and counts["launched"] == 1 and counts["finished"] == 1
     assert records.read_record(corrupt)["status"] == "finished"
+
+
+def test_list_prints_the_runs_and_launches_nothing(tmp_path, fast_smoke, capsys, monkeypatch):
+    import rmpeft.sweeps.cli as cli
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("--list launched runs")
+
+    monkeypatch.setattr(cli, "launch_runs", no_launch)
+    rc = main(["sweeps/smoke.yaml", "optim.lr=1e-2", *fast_smoke, "--list"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    listed = [line for line in out.splitlines() if "optim.lr=" in line]
+    assert len(listed) == 2 and all("seed=" in line for line in listed)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["trainer.epochs=0"], "trainer.epochs=0 is invalid; expected an integer in [1, inf]"),
+    (["+trainer.epoch=3"], "unknown field 'trainer.epoch'"),
+    (["method.ratio=2"], "method.ratio=2 is invalid"),
+])
+def test_a_bad_value_refuses_the_sweep_before_any_launch(tmp_path, fast_smoke, capsys, monkeypatch, extra, match):
+    import rmpeft.sweeps.cli as cli
+
+    monkeypatch.setattr(cli, "launch_runs", lambda *a, **k: pytest.fail("a run was launched"))
+    for dry in ([], ["--dry-run"]):
+        assert main(["sweeps/smoke.yaml", *fast_smoke, *extra, *dry]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("rmpeft-sweep: error: ") and match in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_one_bad_run_refuses_every_run(tmp_path, fast_smoke, capsys, monkeypatch):
+    import rmpeft.sweeps.cli as cli
+
+    monkeypatch.setattr(cli, "launch_runs", lambda *a, **k: pytest.fail("a run was launched"))
+    sweep = tmp_path / "mixed.yaml"
+    sweep.write_text("fixed: {experiment: smoke, seed: 1}\nparams: {method.ratio: '0.001,1.5'}\n")
+    assert main([str(sweep), *fast_smoke]) == 2
+    err = capsys.readouterr().err
+    assert "method.ratio=1.5 is invalid" in err and "method.ratio=1.5" in err.split("is invalid")[0]
+    assert not (tmp_path / "runs").exists()

@@ -10,9 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmpeft import records
 from rmpeft.config import compose_run, hydra_initialized
+from rmpeft.resolve import resolve_run_config
 from rmpeft.sweeps.compose import RunConfigs
 from rmpeft.sweeps.spec import load_sweep
 from rmpeft.sweeps.status import expand
+from tests.conftest import SHARED_DATA
 from tests.test_sweep_spec import EXPECTED_RUNS, SWEEPS
 
 
@@ -26,7 +28,8 @@ def _sample(runs: list, k: int) -> list:
     return runs[::step][:k]
 
 
-@pytest.mark.parametrize("name, extra", [("table1", []), ("fig4b", []), ("fulltrain", []), ("table1", ["cluster=slurm"])])
+@pytest.mark.parametrize("name, extra", [("table1", []), ("fig4b", []), ("fulltrain", []), ("table1", ["cluster=slurm"]),
+                                         ("fig4a", []), ("llama2", []), ("table2", [])])
 def test_fast_config_resolution_matches_hydra(name, extra, tmp_path):
     """The shortcut behind rmpeft-sweep gives the same resolved configs as composing each run."""
     pinned = [f"hydra.sweep.dir={tmp_path}"]  # the default holds a timestamp; rmpeft-sweep pins it too
@@ -69,19 +72,24 @@ def test_fast_config_resolution_with_a_group_that_rewrites_others(tmp_path):
         assert configs.evaluate(runs, resolved) == configs.evaluate_exact(runs, resolved)
 
 
+LOCAL_DATA = {"cpu-repro", "cpu-study"}   # sweeps over the official files under ../shared/data
 SLOW = {"table1", "table1-dense", "structured", "structured-dense", "fig3"}  # 20-90 s each on 2 CPUs
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(EXPECTED_RUNS)])
 def test_dry_run_identities_equal_those_of_a_real_launch(name, tmp_path):
     """For a sample of every sweep file's runs, the folder and identity hash that the dry run computes
-    (the fast path of `expand`) equal those of the config Hydra composes for the launched job."""
+    (the fast path of `expand`) equal those of the config Hydra composes for the launched job, as the
+    job resolves it (`auto` fields, local data)."""
+    if name in LOCAL_DATA and not SHARED_DATA.is_dir():
+        pytest.skip(f"sweep {name} reads the official files under {SHARED_DATA}")
     sweep = load_sweep(SWEEPS / f"{name}.yaml").with_overrides([f"results_root={tmp_path}"])
     with hydra_initialized():
         runs = expand(sweep)
         assert len(runs) == EXPECTED_RUNS[name]
         for run in _sample(runs, 5):
             job = task_config(compose_run(run.overrides + ("hydra.mode=MULTIRUN",), with_hydra=True))
+            resolve_run_config(job)
             assert (run.folder, run.identity) == (records.run_dir(job), records.identity_hash(job)), run.overrides
             assert run.folder.name.endswith(run.identity)
     assert len({r.identity for r in runs}) == len(runs)  # no two runs of a sweep share an identity
@@ -99,7 +107,7 @@ def test_protocol_specific_settings_reach_the_fast_path(tmp_path):
         runs = expand(sweep) + expand(extra)
         assert len(runs) == 2 * 15 + 1
         for run in runs:
-            job = task_config(compose_run(run.overrides + ("hydra.mode=MULTIRUN",), with_hydra=True))
+            job = resolve_run_config(task_config(compose_run(run.overrides + ("hydra.mode=MULTIRUN",), with_hydra=True)))
             assert (run.folder, run.identity) == (records.run_dir(job), records.identity_hash(job)), run.overrides
             task, method = job.task.name, job.method.name
             assert job.protocol.name == "paper"

@@ -27,12 +27,15 @@ EXPECTED_RUNS = {
     "structured": MODELS_OPT * TASKS * SEEDS * len(PAPER_RATIOS) * len(PAPER_GRID),
     "structured-dense": MODELS_OPT * TASKS * SEEDS * len(PAPER_RATIOS) * 5,
     "fig3": MODELS_OPT * 1 * SEEDS * (len(PAPER_RATIOS) + 2) * len(PAPER_GRID),
+    "fig4a": 1 * 4 * SEEDS * (len(PAPER_RATIOS) + 1) * len(PAPER_GRID),   # SST-2, RTE, COPA, WiC; masking + FT
     "fig4b": 1 * 1 * SEEDS * 3 * 2 * 4,
     "llama2": 4 * SEEDS * (6 + 6 + 4 * 7),
     "fulltrain": 2 * 2 * SEEDS * (4 + 3) * len(PAPER_GRID),
     "smoke": 2 * 2,
     "cpu-repro": 2 * (1 + 4 + 3 + 4 + 5 + 5),  # SST-2 and RTE x {zero-shot, FT, LoRA, masking at 3 ratios}
     "table2": 5 * SEEDS * (2 * 5 + 3 * 5),  # 5 image tasks x {FT, LoRA, masking at 3 ratios} x 5 LRs
+    # SST-2/RTE x 2 seeds + BoolQ/WiC x 1 seed, each {zero-shot + 4 LRs x (FT, LoRA, masking x 3, structured x 2)}
+    "cpu-study": (2 * 2 + 2 * 1) * (1 + 4 * 7),
 }
 
 

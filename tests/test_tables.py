@@ -367,3 +367,28 @@ def test_records_in_the_layout_before_run_identity_are_read(tmp_path):
     assert not any(k.startswith("identity") for p in root.rglob("record.json") for k in json.loads(p.read_text()))
     out, _ = cli(root, "--table", "main")
     assert out == EXPECTED_MAIN + "\n" + EXPECTED_FLAGS
+
+
+def test_a_corrupt_record_is_reported_and_the_others_are_tabled(results, capsys):
+    bad = next(results.rglob("record.json"))
+    bad.write_text('{"status": "finished", "test_metric": 0.')
+    assert reporting_cli.tables_main([str(results), "--table", "main"]) == 0
+    out = capsys.readouterr()
+    assert f"corrupt run record {bad}" in out.err and "skipped" in out.err
+    assert "| OPT-125m | FT |" in out.out
+
+
+@pytest.mark.parametrize("metrics", [{"test_metric": None}, {"val_metric": "0.7"}, {"test_metric": True}],
+                         ids=["missing", "string", "bool"])
+def test_a_finished_record_without_numeric_metrics_is_reported_as_invalid(tmp_path, capsys, metrics):
+    good = record("rte", "ft", 1e-3, 0, 0.7, 0.65)
+    invalid = {**record("rte", "ft", 1e-3, 1, 0.7, 0.65), **metrics}
+    root = write_all(tmp_path / "runs", [good, invalid])
+    path = run_dir({**invalid["config"], "results_root": str(root)}) / "record.json"
+    assert reporting_cli.tables_main([str(root), "--json"]) == 0
+    out = capsys.readouterr()
+    err = [line for line in out.err.splitlines() if line.strip()]
+    assert len(err) == 1 and f"invalid run record {path}" in err[0] and "skipped" in err[0], err
+    (cell,) = json.loads(out.out)
+    assert cell["n_seeds"] == 1 and all(f["kind"] != "failed" for f in cell["flags"])
+    assert all(not lr["failed"] for lr in cell["lrs"])

@@ -15,6 +15,7 @@ import torch
 from rmpeft import records
 from rmpeft.deltas.format import open_delta
 from rmpeft.errors import RmpeftError
+from rmpeft.resolve import resolve_run_config
 from rmpeft.trainer import train
 from tests.conftest import REPO, compose_train
 
@@ -74,7 +75,7 @@ def test_failure_is_recorded_then_raised(smoke_overrides, tmp_path):
 def test_cli_smoke_writes_a_finished_record(smoke_overrides):
     proc = _cli(smoke_overrides)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    cfg = compose_train(smoke_overrides)
+    cfg = resolve_run_config(compose_train(smoke_overrides))   # the folder the run resolved on this machine
     assert records.run_status(cfg) == "finished"
 
 
@@ -92,7 +93,7 @@ def test_unknown_choice_is_one_line(arg, needle, results_root):
 
 def test_ratio_out_of_range_is_one_line(smoke_overrides):
     proc = _cli(smoke_overrides + ["method.ratio=0.9"], timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     err = [ln for ln in proc.stderr.splitlines() if "error" in ln]
     assert len(err) == 1 and "0.9" in err[0] and "ratio" in err[0], proc.stderr[-2000:]
 

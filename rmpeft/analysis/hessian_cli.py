@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,15 @@ from rmpeft.analysis.sharpness import SPARSE_BACKEND_CHOICES, measure_run
 from rmpeft.deltas.apply import build_delta_run
 from rmpeft.deltas.export import DELTA_DIR, LEGACY_TRAINABLE_FILE, load_trainable
 from rmpeft.deltas.format import META_FILE, open_delta
-from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.errors import USAGE_EXIT, RmpeftError, unknown_choice
 from rmpeft.records import read_record, write_record
 from rmpeft.run import Run, build_run
+from rmpeft.validation import Float, Int, check_value
 
 __all__ = ["PHASES", "TRAINABLE_FILE", "compute", "load_trainable", "main", "parse_args"]
 
 PHASES = ("before", "after", "both")
+PHASES_OF = {"before": ("before",), "after": ("after",), "both": ("before", "after")}
 TRAINABLE_FILE = LEGACY_TRAINABLE_FILE
 
 
@@ -52,8 +55,15 @@ def _config(record: dict[str, Any], args: argparse.Namespace):
     return cfg
 
 
+def _measured(result: Any) -> bool:
+    value = result.get("eigenvalue") if isinstance(result, dict) else None
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def compute(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Measure the requested phases and write them into the run's record; returns the new ``hessian``."""
+    """Measure the requested phases and write them into the run's record; returns what was measured.
+    A phase that yields no finite eigenvalue never replaces one measured before (it is reported on
+    stderr and the record keeps the earlier value)."""
     record = read_record(run_dir)
     if record is None:
         raise RmpeftError(f"no run record at {run_dir / 'record.json'}")
@@ -78,16 +88,25 @@ def compute(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
             load_trainable(trainable, run.handle.trainable_parameters())
         result = measure_run(run, args.hvp, seed, args.sparse_backend)
         result["source"] = "rmpeft-hessian"
-        hessian[phase] = result
-        print(f"{phase}: eigenvalue {result['eigenvalue']:.6g}, norm {result['norm']:.6g} "
+        print(f"{phase}: eigenvalue {_number(result.get('eigenvalue'))}, norm {_number(result.get('norm'))} "
               f"({'converged' if result['converged'] else 'NOT converged'}"
               f" after {result['iterations']} iterations, {result['hvp']} Hessian-vector products, "
               f"{result['num_params']} parameters, {result['seconds']:.1f} s)")
         # Re-read so that a record rewritten meanwhile (e.g. a finished run) keeps its other fields.
         latest = read_record(run_dir) or record
+        kept = (latest.get("hessian") or {}).get(phase)
+        hessian[phase] = result
+        if not _measured(result) and _measured(kept):
+            print(f"rmpeft-hessian: {phase}: no eigenvalue measured; the recorded eigenvalue "
+                  f"{kept['eigenvalue']:.6g} is kept", file=sys.stderr)
+            continue
         latest["hessian"] = {**(latest.get("hessian") or {}), phase: result}
         write_record(run_dir, latest)
     return hessian
+
+
+def _number(x: Any) -> str:
+    return f"{x:.6g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -118,6 +137,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise unknown_choice("--sparse-backend", args.sparse_backend, SPARSE_BACKEND_CHOICES)
     if args.precision not in ("fp32", "bf16", "fp16", "run"):
         raise unknown_choice("--precision", args.precision, ("fp32", "bf16", "fp16", "run"))
+    for flag, value, spec in (("--iters", args.iters, Int(1)), ("--batches", args.batches, Int(1)),
+                              ("--tol", args.tol, Float(0, low_open=True))):
+        if value is not None:
+            check_value(flag, value, spec)
     return args
 
 
@@ -125,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = parse_args(argv)
-        compute(args.run_dir, args)
+        hessian = compute(args.run_dir, args)
     except RmpeftError as e:
         print(f"rmpeft-hessian: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return USAGE_EXIT
+    return 0 if all(_measured(hessian.get(p)) for p in PHASES_OF[args.phase]) else 1
 
 
 if __name__ == "__main__":

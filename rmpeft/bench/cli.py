@@ -6,7 +6,8 @@ that the rows' steps are compared seconds apart (``--sequential``: row after row
 
 * ``floor``: no trainable parameter; backward through the activations down to the first layer;
 * ``masking`` at 10%, 1%, 0.1%, 0.01%, 0.001% for every available sparse backend and ``dense``;
-* ``structured_masking`` at 0.1%; ``lora`` (r=8, alpha=16, q_proj/v_proj); ``ft`` (every parameter).
+* ``structured_masking`` at 0.1%; ``lora`` (r=8, alpha=16, q_proj/v_proj); ``shira`` (peft's SHiRA, r=8 on
+  q_proj/v_proj: as many entries as LoRA) and ``masking`` at SHiRA's trainable count; ``ft`` (every parameter).
 
 It prints a table (or, with ``--json``, a list of rows) with the median step time, its ratio to the
 floor, peak memory, trainable entries and the trainable state in bytes (values, gradients, optimizer
@@ -32,9 +33,21 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from rmpeft.bench.e2e import CELL_SECONDS, MAX_STEPS, check_e2e_targets, e2e_table, memory_rows, memory_table, run_e2e
+from rmpeft.bench.e2e import (
+    CELL_SECONDS,
+    MAX_STEPS,
+    check_e2e_targets,
+    check_mode_targets,
+    e2e_table,
+    memory_rows,
+    memory_table,
+    mode_memory,
+    modes_table,
+    run_e2e,
+    run_modes,
+)
 from rmpeft.bench.report import check_targets, summarize, table
-from rmpeft.bench.steps import CLOCKS, Memory, Row, run_row, time_rows_in_turn
+from rmpeft.bench.steps import CLOCKS, Memory, Row, run_row, shira_entries, time_rows_in_turn
 from rmpeft.bench.workload import (
     DTYPES,
     TARGETS,
@@ -46,7 +59,7 @@ from rmpeft.bench.workload import (
 )
 from rmpeft.cpu_allocator import keep_freed_memory
 from rmpeft.errors import RmpeftError, unknown_choice
-from rmpeft.models import count_parameters
+from rmpeft.models import count_parameters, cpu_has_bf16
 from rmpeft.sparse import available_backends, reset_strategy_decisions, strategy_cache_file, strategy_decisions
 
 MASKING_RATIOS = (0.1, 0.01, 0.001, 0.0001, 0.00001)
@@ -57,13 +70,18 @@ def available_names(device: str | torch.device) -> list[str]:
     return available_backends(torch.device(device))
 
 
-def plan_rows(ratios: list[float], backends: list[str], max_ratio: float, extra: bool) -> list[Row]:
+def plan_rows(ratios: list[float], backends: list[str], max_ratio: float, extra: bool,
+              shira_ratio: float | None = None) -> list[Row]:
     rows = [Row("floor")]
     for r in ratios:
         for b in backends:
             rows.append(Row("masking", r, b, note="" if r <= max_ratio else "skipped: above the target share"))
     if extra:
-        rows += [Row("structured_masking", STRUCTURED_RATIO, "columns"), Row("lora"), Row("ft")]
+        rows += [Row("structured_masking", STRUCTURED_RATIO, "columns"), Row("lora")]
+        if shira_ratio is not None:   # SHiRA and Random Masking with the same trainable count
+            sparse = next((b for b in backends if b != "dense"), backends[0])
+            rows += [Row("shira"), Row("masking", shira_ratio, sparse, note="SHiRA's count")]
+        rows.append(Row("ft"))
     return rows
 
 
@@ -107,6 +125,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"--e2e: after the least timed batches, keep timing a cell's batches (both paths, in turn) "
                         f"until they add up to this many seconds, at most {MAX_STEPS} (default {CELL_SECONDS:g}; "
                         f"0 with --small)")
+    p.add_argument("--modes", nargs="+", default=None, choices=["bf16", "checkpointing"],
+                   help="--e2e: Random Masking in the run's precision against bf16 autocast and against activation "
+                        "checkpointing (default: checkpointing, and bf16 where the run is in fp32 on a GPU or on a CPU "
+                        "with bf16 instructions; without them bf16 is many times slower)")
     p.add_argument("--random-weights", action="store_true",
                    help="--e2e: random weights even where the real model is installed")
     return p.parse_args(argv)
@@ -166,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         return _run_e2e(args, model, shape, dname, device, steps, warmup, seconds, source)
     targets = sum(m.weight.numel() for n, m in model.named_modules()
                   if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in TARGETS)
-    rows = plan_rows(args.ratios, backends, targets / total, not args.only_masking)
+    rows = plan_rows(args.ratios, backends, targets / total, not args.only_masking, shira_entries(model) / total)
     batch = make_batch(model.config.vocab_size, batch_n, seq, device)
     runnable = [r for r in rows if not r.note.startswith("skipped")]
     reset_strategy_decisions()
@@ -229,13 +251,22 @@ def _run_e2e(args: argparse.Namespace, model: nn.Module, shape: str, dname: str,
     total = count_parameters(model)
     autocast = DTYPES[dname] if dname != "fp32" else None
     rows = run_e2e(model, total, device, args.small, warmup, steps, autocast, seconds, args.rounds)
+    cpu_bf16 = cpu_has_bf16() if device.type == "cpu" else None
+    wanted = tuple(args.modes) if args.modes else (
+        ("bf16", "checkpointing") if device.type == "cuda" or cpu_bf16 else ("checkpointing",))
+    wanted = tuple(m for m in wanted if not (m == "bf16" and autocast is not None))   # already the run's precision
+    modes = run_modes(model, total, device, args.small, warmup, steps, autocast, seconds, args.rounds, wanted)
+    measurable = device.type == "cuda" or Memory.cpu_supported()
     if device.type == "cpu" and Memory.cpu_supported():
         Memory.prepare_cpu()
-    mem = memory_rows(model, device, args.small) if device.type == "cuda" or Memory.cpu_supported() else []
+    mem = memory_rows(model, device, args.small) if measurable else []
+    if measurable:
+        mode_memory(model, total, device, args.small, modes, autocast)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if args.json:
         print(json.dumps({"model": shape, "weights": source or "random", "throughput": [asdict(r) for r in rows],
                           "memory": [{"scoring": n, "peak_mem_bytes": b} for n, b in mem],
+                          "modes": [asdict(r) for r in modes], "cpu_bf16_instructions": cpu_bf16,
                           "model_bytes": model_bytes}, indent=1))
         return 0
     where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name()
@@ -249,8 +280,16 @@ def _run_e2e(args: argparse.Namespace, model: nn.Module, shape: str, dname: str,
     print(e2e_table(rows))
     if mem:
         print(memory_table(mem, model_bytes))
+    base = dname if autocast is not None else "fp32"
+    bf16_note = "" if cpu_bf16 is None else f"; this CPU {'has' if cpu_bf16 else 'has no'} bf16 instructions"
+    if "bf16" not in wanted and autocast is None:
+        bf16_note += " (bf16 rows: --modes bf16 checkpointing)"
+    print(f"precision and activation checkpointing: Random Masking 0.1%, shared-prompt scoring, {base} against "
+          f"{' and against '.join(wanted)} (record train: batch 2), batches in turn; speed-up: the median of the "
+          f"per-batch ratios ({base} time / mode time); mem: one training batch, above the model{bf16_note}")
+    print(modes_table(modes, base))
     print("targets:")
-    for line in check_e2e_targets(rows):
+    for line in check_e2e_targets(rows) + check_mode_targets(modes, cpu_bf16):
         print("  " + line)
     return 0
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from rmpeft import scoring
 from rmpeft.bench.report import fmt_bytes
-from rmpeft.bench.steps import ATTACH, Memory, Row, make_optimizer
+from rmpeft.bench.steps import ATTACH, Attached, Memory, Row, make_optimizer
 from rmpeft.scoring.batch import Row as TokenRow
 
 E2E_METHODS = (Row("ft"), Row("lora"), Row("masking", 0.001, "auto"))
@@ -176,6 +176,170 @@ def run_e2e(model: nn.Module, total: int, device: torch.device, small: bool, war
                 gc.collect()
     by_name = {w.name: w for w in workloads(small)}
     return [row_from_rounds(label, by_name[name], phase, times) for (label, name, phase), times in cells.items()]
+
+
+# --- precision and activation checkpointing ----------------------------------------------------------
+
+MODE_METHOD = Row("masking", 0.001, "auto")   # Random Masking 0.1%, shared-prompt scoring
+MODES = ("bf16", "checkpointing")
+
+
+@dataclass
+class ModeRow:
+    """One workload x phase with the run's precision (``base``) against one ``mode``: bf16 autocast, or
+    activation checkpointing (training only), batches in turn."""
+
+    workload: str
+    phase: str
+    mode: str
+    base_examples_per_s: float
+    mode_examples_per_s: float
+    speedup: float              # median over batches of (base time / mode time)
+    speedup_q1: float
+    speedup_q3: float
+    batches: int
+    base_peak_mem_bytes: int = 0    # one batch, above the model (training cells; 0: not measured)
+    mode_peak_mem_bytes: int = 0
+
+
+def mode_cells(small: bool, modes: tuple[str, ...] = MODES) -> list[tuple[Workload, str, str]]:
+    """(workload, phase, mode): ``bf16`` on every phase, ``checkpointing`` on training, including a
+    ReCoRD-shaped training batch."""
+    two, record = workloads(small)
+    record = Workload("record", record.prompt, record.candidates, record.cand_tokens, 2, True)
+    cells = []
+    for w, phase in ((two, "train"), (two, "eval"), (record, "train")):
+        if "bf16" in modes:
+            cells.append((w, phase, "bf16"))
+        if phase == "train" and "checkpointing" in modes:
+            cells.append((w, phase, "checkpointing"))
+    return cells
+
+
+def _set_checkpointing(model: nn.Module, on: bool) -> None:
+    if on:
+        from rmpeft.run import enable_checkpointing
+
+        enable_checkpointing(model)
+    else:
+        off = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        off()
+
+
+def _mode_step(att: Attached, model: nn.Module, opt: torch.optim.Optimizer, batch: scoring.Batch, phase: str,
+               name: str, device: torch.device, autocast_dtype: torch.dtype | None) -> None:
+    """One batch of ``phase`` in mode ``name`` (base, bf16, checkpointing), shared-prompt scoring."""
+    dtype = torch.bfloat16 if name == "bf16" else autocast_dtype
+    checkpointing = name == "checkpointing"
+    if checkpointing:
+        _set_checkpointing(model, True)
+        att.model.train()   # checkpointing acts in training mode (SmolLM2 has no dropout)
+    try:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            if phase == "train":
+                scoring.classification_loss(att.model, batch, "shared").backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad():
+                    scoring.predict_choices(att.model, batch, "shared")
+    finally:
+        if checkpointing:
+            att.model.eval()
+            _set_checkpointing(model, False)
+
+
+def _attach_mode_method(model: nn.Module, total: int) -> tuple[Attached, torch.optim.Optimizer]:
+    att = ATTACH[MODE_METHOD.method](model, Row(MODE_METHOD.method, MODE_METHOD.ratio, MODE_METHOD.backend), total)
+    return att, make_optimizer(att.params)
+
+
+def run_modes(model: nn.Module, total: int, device: torch.device, small: bool, warmup: int, steps: int,
+              autocast_dtype: torch.dtype | None = None, seconds: float = 0.0, rounds: int = 1,
+              modes: tuple[str, ...] = MODES) -> list[ModeRow]:
+    """Examples per second of Random Masking (0.1%, shared path) in the run's precision against each of
+    ``modes`` (bf16 autocast, activation checkpointing), batches in turn, cells timed as in :func:`run_e2e`."""
+    vocab = model.config.vocab_size
+    cells = mode_cells(small, modes)
+    times: dict[int, list[dict[str, list[float]]]] = {}
+    for _ in range(rounds):
+        att, opt = _attach_mode_method(model, total)
+        try:
+            for i, (w, phase, mode) in enumerate(cells):
+                batch = make_batch(w, vocab, device)
+                fns = {name: functools.partial(_mode_step, att, model, opt, batch, phase, name, device, autocast_dtype)
+                       for name in ("base", mode)}
+                timed = _timed_in_turn(fns, device, warmup, steps, seconds)
+                times.setdefault(i, []).append({"base": timed["base"], "mode": timed[mode]})
+        finally:
+            del opt
+            att.detach()
+            gc.collect()
+    out = []
+    for i, (w, phase, mode) in enumerate(cells):
+        base = [t for r in times[i] for t in r["base"]]
+        other = [t for r in times[i] for t in r["mode"]]
+        ratios = [b / m for b, m in zip(base, other)]
+        q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+        out.append(ModeRow(w.name, phase, mode, w.batch / statistics.median(base), w.batch / statistics.median(other),
+                           statistics.median(ratios), q1, q3, len(ratios)))
+    return out
+
+
+def mode_memory(model: nn.Module, total: int, device: torch.device, small: bool, rows: list[ModeRow],
+                autocast_dtype: torch.dtype | None = None) -> None:
+    """Fill the peak memory (above the model) of one batch of each training row, base and mode (after
+    all timings: on CPU, :meth:`Memory.prepare_cpu` must have been called)."""
+    att, opt = _attach_mode_method(model, total)
+    mem = Memory(device)
+    cells = {(w.name, phase, mode): w for w, phase, mode in mode_cells(small)}
+    try:
+        for r in rows:
+            if r.phase != "train":
+                continue
+            batch = make_batch(cells[(r.workload, r.phase, r.mode)], model.config.vocab_size, device)
+            _mode_step(att, model, opt, batch, "train", "base", device, autocast_dtype)  # state and buffers first
+            peaks = []
+            for name in ("base", r.mode):
+                mem.start()
+                _mode_step(att, model, opt, batch, "train", name, device, autocast_dtype)
+                peaks.append(mem.peak())
+            r.base_peak_mem_bytes, r.mode_peak_mem_bytes = peaks
+    finally:
+        del opt
+        att.detach()
+        gc.collect()
+
+
+def modes_table(rows: list[ModeRow], base: str) -> str:
+    head = (f"{'mode':<15}{'workload':<10}{'phase':<7}{base + ' ex/s':>11}{'mode ex/s':>11}{'speedup':>9}"
+            f"{'quartiles':>13}{'batches':>9}{base + ' mem':>12}{'mode mem':>11}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        mem = (f"{fmt_bytes(r.base_peak_mem_bytes):>12}{fmt_bytes(r.mode_peak_mem_bytes):>11}"
+               if r.base_peak_mem_bytes else f"{'-':>12}{'-':>11}")
+        lines.append(f"{r.mode:<15}{r.workload:<10}{r.phase:<7}{r.base_examples_per_s:>11.2f}"
+                     f"{r.mode_examples_per_s:>11.2f}{r.speedup:>8.2f}x{f'{r.speedup_q1:.2f}-{r.speedup_q3:.2f}':>13}"
+                     f"{r.batches:>9}{mem}")
+    return "\n".join(lines)
+
+
+def check_mode_targets(rows: list[ModeRow], cpu_bf16: bool | None) -> list[str]:
+    """bf16 >= 1.7x on two-candidate training and evaluation (on a CPU: where it has bf16
+    instructions); activation checkpointing below the memory of the plain ReCoRD-shaped step."""
+    out = []
+    two = [r for r in rows if r.mode == "bf16" and r.workload == "2-cand"]
+    if two:
+        worst = min(two, key=lambda r: r.speedup)
+        ok = "ok  " if worst.speedup >= 1.7 else ("n/a " if cpu_bf16 is False else "MISS")
+        note = " (this CPU has no bf16 instructions)" if cpu_bf16 is False else ""
+        out.append(f"{ok} bf16 vs fp32, 2-cand (worst: {worst.phase}): {worst.speedup:.2f}x (target >= 1.7x){note}")
+    ck = [r for r in rows if r.mode == "checkpointing" and r.workload == "record" and r.base_peak_mem_bytes]
+    for r in ck:
+        ok = "ok  " if r.mode_peak_mem_bytes < r.base_peak_mem_bytes else "MISS"
+        out.append(f"{ok} checkpointing, record train: {fmt_bytes(r.mode_peak_mem_bytes)} vs "
+                   f"{fmt_bytes(r.base_peak_mem_bytes)} (target: less)")
+    return out
 
 
 def memory_rows(model: nn.Module, device: torch.device, small: bool) -> list[tuple[str, int]]:

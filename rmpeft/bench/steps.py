@@ -82,6 +82,31 @@ def attach_lora(model: nn.Module, row: Row, total: int) -> Attached:
     return Attached(wrapped, params, detach)
 
 
+SHIRA_R = 8     # as the LoRA row's r: SHiRA then trains as many entries as LoRA
+
+
+def shira_entries(model: nn.Module) -> int:
+    """Entries SHiRA r=:data:`SHIRA_R` trains on the target modules: ``r * (in + out)`` per module."""
+    return SHIRA_R * sum(m.in_features + m.out_features for n, m in model.named_modules()
+                         if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in TARGETS)
+
+
+def attach_shira(model: nn.Module, row: Row, total: int) -> Attached:
+    """SHiRA through peft (the `shira` method), r=8 on q_proj/v_proj; its positions are int32 (row, column)."""
+    cfg = OmegaConf.create({"name": "shira", "r": SHIRA_R, "target_modules": TARGETS, "mask_seed": 0})
+    handle = get_method("shira").apply(model, cfg, MethodContext(seed=0, total_params=total))
+    wrapped, params = handle.model, handle.trainable_parameters()
+    positions = sum(t.numel() * t.element_size() for m in wrapped.modules()
+                    for t in (getattr(m, "shira_indices", None) or {}).values())
+
+    def detach() -> None:
+        wrapped.unload()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    return Attached(wrapped, params, detach, positions)
+
+
 def attach_ft(model: nn.Module, row: Row, total: int) -> Attached:
     params = list({id(p): p for p in model.parameters()}.values())
     for p in params:
@@ -96,7 +121,7 @@ def attach_ft(model: nn.Module, row: Row, total: int) -> Attached:
 
 
 ATTACH = {"floor": attach_floor, "masking": attach_masking, "structured_masking": attach_masking,
-          "lora": attach_lora, "ft": attach_ft}
+          "lora": attach_lora, "shira": attach_shira, "ft": attach_ft}
 
 
 # --- measuring ---------------------------------------------------------------------------------------

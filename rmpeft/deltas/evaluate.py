@@ -2,9 +2,12 @@
 
 The config is the delta's own run config (same model, data sample, evaluation settings), changed by the
 overrides: ``task=<name>`` (or ``model=<name>``) swaps that whole config group as ``rmpeft-train``
-composes it, ``a.b=value`` sets one field. The method always comes from the delta. The record is an
-ordinary run record in its own folder: its config gains ``evaluation.delta`` (the delta's fingerprint,
-so evaluations of different deltas never share a folder), its experiment name defaults to
+composes it, ``a.b=value`` sets one field (a field the config does not have is refused). The method
+always comes from the delta. Where files are written is never the delta's: ``results_root``,
+``cache_dir`` and ``force`` are this installation's defaults (``conf/train.yaml``, a site's
+``conf/local``) unless the command line sets them. The record is an ordinary run record in its own
+folder: its config gains ``evaluation.delta`` (the delta's content hash, computed from its bytes, so
+evaluations of different deltas never share a folder), its experiment name defaults to
 ``<run name>-eval``, and its ``delta`` field says which delta was evaluated (``"evaluated": true``).
 Validation and test metrics are measured on the run's validation and test examples; nothing trains.
 """
@@ -12,6 +15,7 @@ Validation and test metrics are measured on the run's validation and test exampl
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -19,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rmpeft import records
-from rmpeft.config import check_choices, compose_config
+from rmpeft.config import check_choices, compose_config, field_paths, is_open, unknown_field
 from rmpeft.deltas.apply import build_delta_run
 from rmpeft.deltas.format import Delta
 from rmpeft.errors import RmpeftError
@@ -30,11 +34,15 @@ from rmpeft.trainer import evaluate
 log = logging.getLogger(__name__)
 
 SWAPPABLE_GROUPS = ("task", "model", "logger", "cluster", "resources")
+# Fields that say where and whether files are written: always this installation's (or the command line's).
+CALLER_FIELDS = ("results_root", "cache_dir", "force")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def _split(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+def _split(overrides: list[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """(group swaps, ``(field, override)`` pairs) of the overrides."""
     groups: dict[str, str] = {}
-    fields: list[str] = []
+    fields: list[tuple[str, str]] = []
     for item in overrides:
         if "=" not in item:
             raise RmpeftError(f"override '{item}' is not key=value")
@@ -43,30 +51,37 @@ def _split(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
         if key == "method" or key.startswith("method."):
             raise RmpeftError(f"override '{item}': the method and its config come from the delta")
         if "." in key or key not in SWAPPABLE_GROUPS:
-            fields.append(f"{key}={value}")
+            fields.append((key, item))
         else:
             groups[key] = value
     return groups, fields
 
 
 def eval_config(delta: Delta, overrides: list[str]) -> DictConfig:
-    """The config of an evaluation of ``delta``: its run config changed by ``overrides``."""
+    """The config of an evaluation of ``delta``: its run config changed by ``overrides``, written where
+    this installation (or the command line) says."""
     check_choices(overrides, SWAPPABLE_GROUPS)
     groups, fields = _split(overrides)
-    cfg = OmegaConf.create(delta.meta["run"]["config"])
+    cfg = OmegaConf.create(delta.run_config)
     OmegaConf.set_struct(cfg, False)
-    if groups:
-        protocol = str((cfg.get("protocol") or {}).get("name", "clean"))   # the delta's protocol settings follow
-        composed = compose_config([f"{g}={v}" for g, v in groups.items()]
-                                  + [f"method={delta.method}", f"protocol={protocol}"])
-        for group in groups:
-            cfg[group] = OmegaConf.to_container(composed[group], resolve=True)
-    if not any(f.startswith("name=") for f in fields):
-        cfg.name = f"{cfg.get('name', 'default')}-eval"
+    protocol = str((cfg.get("protocol") or {}).get("name", "clean"))   # the delta's protocol settings follow
+    composed = compose_config([f"{g}={v}" for g, v in groups.items()]
+                              + [f"method={delta.method}", f"protocol={protocol}"])
+    for group in groups:
+        cfg[group] = OmegaConf.to_container(composed[group], resolve=True)
+    if not getattr(delta, "composed", False):   # (an adapter's config composed from this command line is the caller's)
+        for key in CALLER_FIELDS:
+            cfg[key] = OmegaConf.select(composed, key)
+    name = str(cfg.get("name") or "")
+    cfg.name = f"{name if PLAIN_NAME.fullmatch(name) else composed.name}-eval"
+    known = field_paths(cfg)
+    for key, item in fields:
+        if key not in known and not is_open(key):
+            raise unknown_field(key, item, known)
     if fields:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(fields))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={item.split('=', 1)[1]}" for key, item in fields]))
     cfg.method = delta.method_config
-    cfg.evaluation = {"delta": delta.fingerprint}
+    cfg.evaluation = {"delta": delta.content_hash}
     return cfg
 
 
@@ -88,7 +103,7 @@ def evaluate_delta(delta: Delta, cfg: DictConfig) -> dict[str, Any]:
                     identity_hash=records.identity_hash(cfg), metric=cfg.task.get("metric"),
                     started_at=_now(), versions=records.versions(), git_commit=records.git_commit(),
                     delta={"path": str(delta.path), "bytes": delta.bytes, "fingerprint": delta.fingerprint,
-                           "evaluated": True})
+                           "content_hash": delta.content_hash, "evaluated": True})
     accelerator, _ = make_accelerator(cfg)
     try:
         run = build_delta_run(delta, cfg, accelerator)

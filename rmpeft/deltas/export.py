@@ -24,9 +24,9 @@ from rmpeft.errors import RmpeftError, unknown_choice
 from rmpeft.methods import MethodHandle, get_method
 from rmpeft.records import RunRecord, read_record, run_dir, strict_json, versions
 from rmpeft.run import Run, build_run
+from rmpeft.run_folder import DELTA_DIR, delta_folder_to_write, share_like_umask
 from rmpeft.validation import SAVE_DELTA
 
-DELTA_DIR = "delta"
 LEGACY_TRAINABLE_FILE = "trainable.pt"    # trainable tensors in handle order, written by older runs
 
 
@@ -47,6 +47,7 @@ def write_delta(handle: MethodHandle, cfg: DictConfig, rec: RunRecord | dict[str
     method = get_method(str(cfg.method.name))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    share_like_umask(tmp)   # mkdtemp makes it private; a results folder may be shared
     try:
         facts = method.export_delta(handle, tmp)
         meta = strict_json({
@@ -63,6 +64,8 @@ def write_delta(handle: MethodHandle, cfg: DictConfig, rec: RunRecord | dict[str
             "versions": versions(),
         }, {})
         meta = finish_metadata(tmp, meta)
+        for path in tmp.rglob("*"):   # some writers (safetensors) make private files
+            share_like_umask(path)
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
@@ -83,8 +86,8 @@ def keep_run_delta(run: Run, rec: RunRecord) -> dict[str, Any] | None:
     if not wanted(run.cfg):
         return None
     handle = dataclasses.replace(run.handle, model=run.accelerator.unwrap_model(run.handle.model))
-    folder = run_dir(run.cfg) / DELTA_DIR
-    return record_entry(write_delta(handle, run.cfg, rec, folder), folder)
+    folder = run_dir(run.cfg)
+    return record_entry(write_delta(handle, run.cfg, rec, delta_folder_to_write(folder)), folder / DELTA_DIR)
 
 
 def load_trainable(path: Path, params: list[torch.Tensor]) -> None:

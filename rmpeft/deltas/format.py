@@ -9,17 +9,19 @@ A delta is a folder::
     <delta>/adapter_config.json     LoRA, AdaLoRA, prefix: peft's own adapter files instead, so that
     <delta>/adapter_model.safetensors   ``PeftModel.from_pretrained(base, <delta>)`` loads them
 
-``delta.json`` lists every tensor file with its size and SHA-256; :func:`open_delta` checks them, so a
-truncated or corrupt delta is refused before anything loads. The delta's ``fingerprint`` hashes those
-checksums with the method and the base fingerprint: two deltas share it only when they hold the same
-update for the same base. See docs/deltas.md.
+``delta.json`` lists every other file of the folder with its size and SHA-256; :func:`open_delta` checks
+them all (a file missing, modified, or present but not listed is refused before anything loads; names
+are plain file names inside the folder). The delta's ``fingerprint`` hashes those checksums with the
+method and the base fingerprint: two deltas share it only when they hold the same update for the same
+base. What identifies a delta to an evaluation is :attr:`Delta.content_hash`, computed from the bytes of
+its files, never read from ``delta.json``. See docs/deltas.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,10 @@ from rmpeft.errors import RmpeftError
 from rmpeft.records import atomic_write_json
 
 FORMAT = "rmpeft-delta"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2        # 2: ``files`` lists every file of the folder; 1 listed the tensor files only
 META_FILE = "delta.json"
+# Files that version-1 deltas hold without listing them: peft's own, next to its weights.
+V1_UNLISTED = ("adapter_config.json", "README.md")
 TENSOR_FILE = "delta.safetensors"
 PEFT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 HASH_CHARS = 16
@@ -57,6 +61,17 @@ def tensor_files(folder: Path) -> list[str]:
     return [name for name in (TENSOR_FILE, *PEFT_FILES) if (Path(folder) / name).is_file()]
 
 
+def is_plain_name(name: Any) -> bool:
+    """A file name that stays inside its folder: no separator, not ``.``/``..``, not ``delta.json``."""
+    return (isinstance(name, str) and name not in ("", ".", "..", META_FILE)
+            and not any(c in name for c in ("/", "\\", "\0")))
+
+
+def content_hash(file_sha256s: dict[str, str]) -> str:
+    """Hash of a folder's files, given as ``{relative name: SHA-256}``."""
+    return hashlib.sha256(json.dumps(sorted(file_sha256s.items())).encode()).hexdigest()
+
+
 def delta_fingerprint(method: str, base_fingerprint: str, files: dict[str, dict[str, Any]]) -> str:
     """Hash of the method, the base fingerprint and the tensor files' checksums."""
     tree = {"method": method, "base": base_fingerprint, "files": {k: v["sha256"] for k, v in sorted(files.items())}}
@@ -64,14 +79,18 @@ def delta_fingerprint(method: str, base_fingerprint: str, files: dict[str, dict[
 
 
 def finish_metadata(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """Add the tensor files' sizes and checksums and the delta fingerprint to ``meta``; write ``delta.json``."""
+    """Add every file's size and checksum, the tensor files' total size and the delta fingerprint to
+    ``meta``; write ``delta.json``."""
     folder = Path(folder)
-    files = {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
-             for name in tensor_files(folder)}
-    if not files:
+    if not tensor_files(folder):
         raise RmpeftError(f"delta {folder}: the method wrote no tensor file")
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "files": files,
-            "bytes": sum(f["bytes"] for f in files.values())}
+    names = sorted(p.name for p in folder.iterdir() if p.name != META_FILE)
+    odd = [n for n in names if not (folder / n).is_file() or not is_plain_name(n)]
+    if odd:
+        raise RmpeftError(f"delta {folder}: the method wrote {', '.join(odd)}, which is not a plain file")
+    files = {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)} for name in names}
+    meta = {"format": FORMAT, **meta, "format_version": FORMAT_VERSION, "files": files,
+            "bytes": sum(files[name]["bytes"] for name in tensor_files(folder))}
     meta["fingerprint"] = delta_fingerprint(meta["method"], meta["base"]["fingerprint"], files)
     atomic_write_json(folder / META_FILE, meta)
     return meta
@@ -79,10 +98,11 @@ def finish_metadata(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Delta:
-    """An opened, checked delta folder."""
+    """An opened, checked delta folder. ``checksums``: the SHA-256 of its files already computed."""
 
     path: Path
     meta: dict[str, Any]
+    checksums: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def method(self) -> str:
@@ -99,6 +119,27 @@ class Delta:
     @property
     def bytes(self) -> int:
         return int(self.meta["bytes"])
+
+    @property
+    def run_config(self) -> dict[str, Any]:
+        """The resolved config of the run that trained the delta."""
+        run = self.meta.get("run")
+        config = run.get("config") if isinstance(run, dict) else None
+        if not isinstance(config, dict):
+            raise RmpeftError(f"corrupt delta {self.path}: {META_FILE} has no run config")
+        return config
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of the bytes of every file in the folder (``delta.json`` included): what an evaluation
+        of this delta is keyed by, so that deltas that differ in any byte never share one."""
+        if not hasattr(self, "_content_hash"):
+            sums = {}
+            for p in sorted(q for q in self.path.rglob("*") if q.is_file()):
+                name = p.relative_to(self.path).as_posix()
+                sums[name] = self.checksums.get(name) or file_sha256(p)
+            self._content_hash = content_hash(sums)
+        return self._content_hash
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors of ``delta.safetensors`` (CPU)."""
@@ -127,13 +168,26 @@ def open_delta(path: Path | str) -> Delta:
         raise RmpeftError(f"corrupt delta {folder}: {META_FILE} is not valid JSON") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise RmpeftError(f"corrupt delta {folder}: {META_FILE} is not an {FORMAT} file")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise RmpeftError(f"corrupt delta {folder}: {META_FILE} has format_version {version!r}, not an integer")
+    if version > FORMAT_VERSION:
         raise RmpeftError(f"delta {folder} has format_version {meta['format_version']}; this rmpeft reads "
                           f"up to {FORMAT_VERSION}")
     missing = [k for k in ("method", "method_config", "base", "files", "fingerprint") if k not in meta]
     if missing:
         raise RmpeftError(f"corrupt delta {folder}: {META_FILE} lacks {', '.join(missing)}")
-    for name, facts in meta["files"].items():
+    files = meta["files"]
+    if not isinstance(files, dict) or not isinstance(meta["base"], dict) or "fingerprint" not in meta["base"]:
+        raise RmpeftError(f"corrupt delta {folder}: {META_FILE} has no valid 'files' or 'base'")
+    checksums = {META_FILE: file_sha256(meta_path)}
+    for name, facts in files.items():
+        if not is_plain_name(name):
+            raise RmpeftError(f"corrupt delta {folder}: {META_FILE} lists {name!r}, which is not a plain file name "
+                              "inside the delta folder")
+        if not isinstance(facts, dict) or not isinstance(facts.get("bytes"), int) \
+                or not isinstance(facts.get("sha256"), str):
+            raise RmpeftError(f"corrupt delta {folder}: {META_FILE} has no bytes/sha256 for {name}")
         f = folder / name
         if not f.is_file():
             raise RmpeftError(f"corrupt delta {folder}: {name} is missing")
@@ -141,6 +195,22 @@ def open_delta(path: Path | str) -> Delta:
         if size != facts["bytes"]:
             raise RmpeftError(f"corrupt delta {folder}: {name} has {size} bytes, expected {facts['bytes']} "
                               "(truncated or modified)")
-        if file_sha256(f) != facts["sha256"]:
+        checksums[name] = file_sha256(f)
+        if checksums[name] != facts["sha256"]:
             raise RmpeftError(f"corrupt delta {folder}: {name} does not match its SHA-256 in {META_FILE}")
-    return Delta(folder, meta)
+    allowed = {META_FILE, *files, *(V1_UNLISTED if version < 2 else ())}
+    extras = sorted(p.name for p in folder.iterdir() if p.name not in allowed)
+    if extras:
+        raise RmpeftError(f"corrupt delta {folder}: {extras[0]} is not listed in {META_FILE} (a file added to the "
+                          "delta, or a listing edited)")
+    if not any(name in files for name in tensor_files(folder)):
+        raise RmpeftError(f"corrupt delta {folder}: {META_FILE} lists no tensor file "
+                          f"({', '.join((TENSOR_FILE, *PEFT_FILES))})")
+    if delta_fingerprint(str(meta["method"]), str(meta["base"]["fingerprint"]), files) != meta["fingerprint"]:
+        raise RmpeftError(f"corrupt delta {folder}: its fingerprint does not match its method, base and files")
+    for name in V1_UNLISTED:
+        if name not in checksums and (folder / name).is_file():
+            checksums[name] = file_sha256(folder / name)
+    delta = Delta(folder, meta, checksums)
+    _ = delta.content_hash   # taken now, from the bytes just checked
+    return delta

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from rmpeft.config import compose_config
 from rmpeft.deltas.apply import check_base
 from rmpeft.deltas.format import Delta
 from rmpeft.errors import RmpeftError
@@ -30,13 +31,15 @@ def merge_delta(delta: Delta, out: Path, cache_dir: str | None = None) -> Path:
         raise RmpeftError(f"{delta.method} deltas cannot be merged into the base weights (the method adds "
                           "computation, not a weight update); evaluate them with rmpeft-eval instead")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise RmpeftError(f"--out {out} exists and is not empty; choose a new folder")
-    config: dict[str, Any] = delta.meta["run"]["config"]
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RmpeftError(f"--out {out} exists and is not an empty folder; choose a new folder")
+    config: dict[str, Any] = delta.run_config
     if (config["model"].get("family") or "causal_lm") != "causal_lm":
         raise RmpeftError(f"only causal-LM deltas merge into a Hugging Face checkpoint; this one is for a "
                           f"{config['model'].get('family')} model: evaluate it with rmpeft-eval instead")
-    cache = str(cache_dir or config.get("cache_dir"))
+    if cache_dir is None:   # this installation's (or this command line's), never the one stored in a delta
+        cache_dir = config.get("cache_dir") if getattr(delta, "composed", False) else compose_config([]).cache_dir
+    cache = str(cache_dir)
     check_base(delta, config["model"], cache)
     model, tokenizer = load_model_and_tokenizer(config["model"], cache, dtype=torch.float32)
     ctx = MethodContext(seed=int(config.get("seed", 0)), total_params=count_parameters(model), total_steps=1,

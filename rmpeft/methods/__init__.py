@@ -4,7 +4,7 @@ Adding a method: a module here that registers it with ``@register_method("name")
 and ``conf/method/<name>.yaml``.
 """
 
-from rmpeft.methods import adalora, adapter, bitfit, full, lora, masking, none, prefix  # noqa: F401  (they register)
+from rmpeft.methods import adalora, adapter, bitfit, full, lora, masking, none, prefix, shira  # noqa: F401  (they register)
 from rmpeft.methods.base import Method, MethodContext, MethodHandle
 from rmpeft.methods.registry import METHODS, get_method, register_method
 

@@ -12,7 +12,6 @@ released code ran it, together with ``orth_reg_weight=0`` (no penalty: it return
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,13 +20,12 @@ from torch import nn
 from rmpeft.deltas.format import Delta
 from rmpeft.errors import RmpeftError
 from rmpeft.methods.base import (
-    Method,
     MethodContext,
     MethodHandle,
     find_modules,
     module_names,
 )
-from rmpeft.methods.peft_delta import export_peft, load_peft, merge_peft
+from rmpeft.methods.peft_delta import PeftMethod, load_peft
 from rmpeft.methods.registry import register_method
 from rmpeft.validation import Float, Int, MODULES, Spec
 
@@ -57,6 +55,21 @@ class AdaLoRAHandle(MethodHandle):
         # Needs the gradients of this step: the trainer calls it after optimizer.step(), before zero_grad().
         if self.reallocate:
             self.tuner.update_and_allocate(step)
+
+    def training_state(self) -> dict[str, Any]:
+        """The rank allocator's importance averages and the rank pattern reached so far."""
+        allocator = self.tuner.rankallocator
+        cfg = self.tuner.peft_config[self.tuner.trainable_adapter_name]
+        return {"ipt": dict(allocator.ipt), "exp_avg_ipt": dict(allocator.exp_avg_ipt),
+                "exp_avg_unc": dict(allocator.exp_avg_unc), "rank_pattern": cfg.rank_pattern}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        allocator = self.tuner.rankallocator
+        for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(allocator, key, dict(state[key]))
+        self.tuner.peft_config[self.tuner.trainable_adapter_name].rank_pattern = state["rank_pattern"]
 
     def ranks(self) -> dict[str, int]:
         """Current rank (unpruned singular values) of every adapted module, by module name."""
@@ -97,7 +110,7 @@ class AdaLoRAHandle(MethodHandle):
 
 
 @register_method("adalora")
-class AdaLoRA(Method):
+class AdaLoRA(PeftMethod):
     """peft's AdaLoRA on ``cfg.target_modules`` with the budget schedule derived from the run length."""
 
     config_fields = {"init_r": Int(1), "target_r": Int(1), "alpha": Float(0, low_open=True), "dropout": Float(0, 1),
@@ -150,14 +163,8 @@ class AdaLoRA(Method):
         return AdaLoRAHandle(model=peft_model, name=self.name, extra=extra, tuner=peft_model.base_model,
                              reallocate=reallocate)
 
-    def export_delta(self, handle: MethodHandle, folder: Path) -> dict[str, Any]:
-        return export_peft(handle.model, folder)
-
     def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MethodHandle:
         peft_model = load_peft(model, delta)
         extra = {k: v for k, v in (delta.meta.get("method_state") or {}).items() if k not in ("ranks", "rank_total")}
         return AdaLoRAHandle(model=peft_model, name=self.name, extra=extra, tuner=peft_model.base_model,
                              reallocate=False)
-
-    def merged_model(self, handle: MethodHandle) -> nn.Module:
-        return merge_peft(handle.model)

@@ -35,6 +35,7 @@ class MethodContext:
     model_cfg: Any = None              # the resolved `model` config group
     tokenizer: Any = None              # for methods initialised from real-token activations (prefix)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    cache_dir: str | None = None       # the run's cache_dir (a base model's fingerprint; None: unknown)
 
 
 @dataclass
@@ -63,6 +64,14 @@ class MethodHandle:
 
     def on_optimizer_step(self, step: int) -> None:
         """Called after every optimizer step (before zero_grad), with the 1-based step number."""
+
+    def training_state(self) -> dict[str, Any]:
+        """What the method changes while training besides its trainable values (e.g. AdaLoRA's
+        importance scores), for resuming an interrupted run (rmpeft/resume.py)."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`training_state`."""
 
     def state_for_record(self) -> dict[str, Any]:
         """Method-specific facts written into the run record under `method_state`."""
@@ -170,6 +179,6 @@ def module_names(value: Any, field: str = "target_modules") -> list[str]:
         value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, str):
         value = [value]
-    if not value or not all(isinstance(v, str) and v for v in value):
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
         raise RmpeftError(f"method.{field} must be a module name or a list of module names, got {value!r}")
     return list(value)

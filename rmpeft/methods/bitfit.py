@@ -28,7 +28,7 @@ from rmpeft.validation import Spec
 class BitFit(Method):
     """Freeze everything except the biases of ``cfg.target_modules`` (null: every ``nn.Linear``)."""
 
-    config_fields = {"target_modules": Spec("any", nullable=True),
+    config_fields = {"target_modules": Spec("names", nullable=True),
                      "layer_norm_biases": Spec("bool", required=False)}
 
     def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MethodHandle:

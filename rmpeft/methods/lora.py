@@ -5,26 +5,23 @@ The paper's setting: r=8, alpha=16, no dropout, on ``q_proj`` and ``v_proj`` of 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from rmpeft.deltas.format import Delta
 from rmpeft.methods.base import (
-    Method,
     MethodContext,
     MethodHandle,
     find_modules,
     module_names,
 )
-from rmpeft.methods.peft_delta import export_peft, load_peft, merge_peft
+from rmpeft.methods.peft_delta import PeftMethod
 from rmpeft.methods.registry import register_method
 from rmpeft.validation import Float, Int, MODULES
 
 
 @register_method("lora")
-class LoRA(Method):
+class LoRA(PeftMethod):
     """peft's LoRA on ``cfg.target_modules``; the base model is frozen."""
 
     config_fields = {"r": Int(1), "alpha": Float(0, low_open=True), "dropout": Float(0, 1), "target_modules": MODULES}
@@ -46,12 +43,3 @@ class LoRA(Method):
         peft_model = get_peft_model(model, config)
         extra = {"r": int(cfg.r), "alpha": float(cfg.alpha), "target_modules": targets}
         return MethodHandle(model=peft_model, name=self.name, extra=extra)
-
-    def export_delta(self, handle: MethodHandle, folder: Path) -> dict[str, Any]:
-        return export_peft(handle.model, folder)
-
-    def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MethodHandle:
-        return MethodHandle(model=load_peft(model, delta), name=self.name, extra=dict(delta.meta.get("method_state") or {}))
-
-    def merged_model(self, handle: MethodHandle) -> nn.Module:
-        return merge_peft(handle.model)

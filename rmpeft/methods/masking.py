@@ -36,7 +36,7 @@ from rmpeft.methods.base import (
     freeze_all,
     module_names,
 )
-from rmpeft.methods.masking_delta import apply_masked, export_masked, merge_masked
+from rmpeft.methods.masking_delta import apply_masked, export_masked, initial_entries, initial_layers, merge_masked
 from rmpeft.methods.registry import register_method
 from rmpeft.validation import BOOL, Choice, Float, Int, MODULES, Spec
 from rmpeft.models import count_parameters
@@ -148,9 +148,12 @@ class RandomMasking(MaskedDeltas):
     """Uniformly random trainable entries of the target matrices."""
 
     config_fields = {"ratio": Float(0, 1, low_open=True), "target_modules": MODULES,
-                     "backend": Choice(*BACKEND_NAMES), "autotune": BOOL, "mask_seed": Int(0, nullable=True)}
+                     "backend": Choice(*BACKEND_NAMES), "autotune": BOOL, "mask_seed": Int(0, nullable=True),
+                     "init_from": Spec("str", nullable=True, required=False)}
 
     def apply(self, model: nn.Module, cfg: Any, ctx: MethodContext) -> MaskingHandle:
+        if _get(cfg, "init_from"):
+            return self._apply_from(model, cfg, ctx, str(_get(cfg, "init_from")))
         targets, sizes, k, facts = _common(model, cfg, ctx)
         counts = split_count(k, sizes, facts["mask_seed"])
         first = next(iter(targets.values())).weight
@@ -175,6 +178,28 @@ class RandomMasking(MaskedDeltas):
         patch(model, layers)
         facts.update(backend_facts, trainable=sum(counts), density=k / sum(sizes),
                      per_module=dict(zip(targets, counts)))
+        return MaskingHandle(model=model, name=self.name, extra=facts, layers=layers)
+
+    def _apply_from(self, model: nn.Module, cfg: Any, ctx: MethodContext, init_from: str) -> MaskingHandle:
+        """The mask and the starting values of a saved adapter or delta (``method.init_from``); the
+        ratio, target modules and mask seed of the config are not used."""
+        freeze_all(model)
+        entries, source = initial_entries(init_from, model, ctx)
+        first = model.get_submodule(next(iter(entries))).weight
+        device = first.device if first.device.type != "cpu" else torch.device(ctx.device)
+        backend, backend_facts = select_backend(str(_get(cfg, "backend", "auto")), device,
+                                                [e.shape for e in entries.values()],
+                                                [e.count for e in entries.values()], first.dtype,
+                                                autotune=bool(_get(cfg, "autotune", True)))
+        layers = initial_layers(model, entries, backend)
+        patch(model, layers)
+        total = int(ctx.total_params) or count_parameters(model)
+        k = sum(e.count for e in entries.values())
+        capacity = sum(e.numel for e in entries.values())
+        facts = {"ratio": float(_get(cfg, "ratio")), "total_params": total, "k": k,
+                 "target_modules": sorted({q.rsplit(".", 1)[-1] for q in entries}), "target_params": capacity,
+                 "mask_seed": None, "init_from": source, **backend_facts, "trainable": k,
+                 "density": k / capacity, "per_module": {q: e.count for q, e in entries.items()}}
         return MaskingHandle(model=model, name=self.name, extra=facts, layers=layers)
 
 

@@ -11,16 +11,14 @@ initialisation is ours: peft draws the prefix at random, so we overwrite its tab
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from rmpeft.deltas.format import Delta
 from rmpeft.errors import RmpeftError
-from rmpeft.methods.base import Method, MethodContext, MethodHandle
-from rmpeft.methods.peft_delta import export_peft, load_peft
+from rmpeft.methods.base import MethodContext, MethodHandle
+from rmpeft.methods.peft_delta import PeftMethod
 from rmpeft.methods.registry import register_method
 from rmpeft.validation import Int
 
@@ -63,7 +61,7 @@ def prefix_table(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
 
 
 @register_method("prefix")
-class PrefixTuning(Method):
+class PrefixTuning(PeftMethod):
     """peft prefix tuning without reparameterisation, keys/values initialised from real words."""
 
     config_fields = {"num_virtual_tokens": Int(1)}
@@ -91,9 +89,3 @@ class PrefixTuning(Method):
                 weight.copy_(table.to(weight.dtype))
         extra = {"num_virtual_tokens": n, "init_token_ids": ids}
         return MethodHandle(model=peft_model, name=self.name, extra=extra)
-
-    def export_delta(self, handle: MethodHandle, folder: Path) -> dict[str, Any]:
-        return export_peft(handle.model, folder)
-
-    def apply_delta(self, model: nn.Module, delta: Delta, ctx: MethodContext) -> MethodHandle:
-        return MethodHandle(model=load_peft(model, delta), name=self.name, extra=dict(delta.meta.get("method_state") or {}))

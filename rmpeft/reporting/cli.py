@@ -28,9 +28,11 @@ from rmpeft.reporting.aggregate import DIVERGED_POLICIES, SELECTIONS, aggregate
 from rmpeft.reporting.lr_curves import plot_lr_curves
 from rmpeft.reporting.paper import PaperNumbers, parse_ratio
 from rmpeft.reporting.render import FORMAT_SUFFIX, FORMATS, RENDERERS
-from rmpeft.reporting.runs import RunResult, runs_from_records
+from rmpeft.reporting.runs import RunResult, run_from_record
+from rmpeft.reporting.share_figures import plot_share_curve, plot_structured_vs_random
 from rmpeft.reporting.sources import SOURCES_HELP, load_records
 from rmpeft.reporting.tables import TABLES, build_tables, cells_json, flag_lines
+from rmpeft.validation import check_writable_folder
 
 DEFAULT_FIGURES = Path("results/figures")
 
@@ -66,17 +68,45 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
                         "drop-seed: average the seeds that finished")
 
 
-def runs_from_args(args: argparse.Namespace, api: Any = None,
-                   history: bool = False) -> tuple[list[tuple[str, RunRecord]], list[RunResult]]:
-    """The records and their runs selected by the shared arguments."""
-    pairs = load_records(args.roots, args.source, api=api, history=history)
-    runs = runs_from_records(pairs)
+def runs_from_args(args: argparse.Namespace, api: Any = None, history: bool = False,
+                   warn: Callable[[str], None] | None = None) -> tuple[list[tuple[str, RunRecord]], list[RunResult]]:
+    """The records and their runs selected by the shared arguments. A record that cannot be read
+    (corrupt) or used (invalid: e.g. ``finished`` without numeric metrics) is reported through ``warn``
+    (default: one line on stderr, with its path and why) and left out; the others are used."""
+    warn = warn or (lambda text: print(text, file=sys.stderr))
+
+    def report(problem: str) -> None:
+        warn(f"warning: {problem}; skipped")
+
+    pairs, runs = [], []
+    for src, rec in load_records(args.roots, args.source, api=api, history=history, report=report):
+        try:
+            run = run_from_record(rec, src)
+        except RmpeftError as e:
+            report(str(e))
+            continue
+        pairs.append((src, rec))
+        runs.append(run)
     selected = select_runs(runs, args.name, args.model, args.task, args.method)
     if not selected:
         where = args.source if args.source not in (None, "disk") else ", ".join(map(str, args.roots))
         raise RmpeftError(f"no run records match in {where}" + (" (after filters)" if runs else ""))
     keep = {id(r) for r in selected}
     return [pair for pair, r in zip(pairs, runs, strict=True) if id(r) in keep], selected
+
+
+def check_out_folder(out: Path) -> None:
+    """``--out`` must be a folder or a path where one can be created (checked before any work)."""
+    check_writable_folder(out, f"--out {out}")
+
+
+def make_out_folder(out: Path) -> None:
+    """Create ``--out``; a failure is one line."""
+    check_out_folder(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RmpeftError(f"--out {out}: cannot create the folder ({e.strerror}); expected a writable folder") from None
 
 
 def _main(prog: str, run: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
@@ -126,7 +156,9 @@ def run_tables(argv: Sequence[str] | None = None, api: Any = None, stdout: Any =
     """``rmpeft-tables``; ``api`` replaces ``wandb.Api()`` (tests)."""
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     args = tables_parser().parse_args(argv)
-    _, runs = runs_from_args(args, api=api)
+    if args.out is not None:
+        check_out_folder(args.out)
+    _, runs = runs_from_args(args, api=api, warn=lambda text: print(f"rmpeft-tables: {text}", file=stderr))
     selections = list(SELECTIONS) if args.select == "both" else [args.select]
     paper = PaperNumbers.load(args.paper_dir) if args.compare_paper else None
     which = list(TABLES) if not args.table or "all" in args.table else list(dict.fromkeys(args.table))
@@ -141,7 +173,7 @@ def run_tables(argv: Sequence[str] | None = None, api: Any = None, stdout: Any =
     flags = flag_lines(cells)
 
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
+        make_out_folder(args.out)
         for t, stem in zip(tables, files):
             for fmt, render in RENDERERS.items():
                 (args.out / f"{stem}.{FORMAT_SUFFIX[fmt]}").write_text(render(t, paper))
@@ -199,9 +231,27 @@ def figure4(function: str) -> Callable[[argparse.Namespace, Records, list[RunRes
     return run
 
 
+def cell_figure(function: Callable[..., list[Path]]) -> Callable[[argparse.Namespace, Records, list[RunResult]], list[Path]]:
+    """A subcommand that draws ``function(cells, out_dir)`` from the table cells of the selected runs."""
+
+    def run(args: argparse.Namespace, records: Records, runs: list[RunResult]) -> list[Path]:
+        return function(aggregate(runs, diverged=args.diverged, select=args.select), args.out)
+
+    return run
+
+
+def _select_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--select", choices=SELECTIONS, default="val",
+                   help="the metric that picks each cell's learning rate: val (default) or test (the paper's practice)")
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {
     "lr-curves": Subcommand("Figure 3: metric versus learning rate, one line per ratio/method, per model and task",
                             _run_lr_curves, _lr_curves_arguments),
+    "share-curve": Subcommand("Figure 1: average test score over tasks versus trainable share, per model",
+                              cell_figure(plot_share_curve), _select_argument),
+    "structured-vs-random": Subcommand("Figure 5: Structured versus Random Masking across shares, per task",
+                                       cell_figure(plot_structured_vs_random), _select_argument),
     "sharpness": Subcommand("Figure 4(a): Hessian sharpness versus masking ratio", figure4("plot_sharpness")),
     "distance": Subcommand("Figure 4(b): distance from initialisation versus masking ratio",
                            figure4("plot_distance")),
@@ -226,7 +276,10 @@ def run_plot(argv: Sequence[str] | None = None, api: Any = None) -> int:
     """``rmpeft-plot``; ``api`` replaces ``wandb.Api()`` (tests)."""
     args = plot_parser().parse_args(argv)
     spec = SUBCOMMANDS[args.command]
-    pairs, runs = runs_from_args(args, api=api, history=spec.history)
+    check_out_folder(args.out)
+    pairs, runs = runs_from_args(args, api=api, history=spec.history,
+                                 warn=lambda text: print(f"rmpeft-plot: {text}", file=sys.stderr))
+    make_out_folder(args.out)
     written = spec.run(args, pairs, runs)
     if not written:
         raise RmpeftError(f"'rmpeft-plot {args.command}': nothing to plot in the selected records")

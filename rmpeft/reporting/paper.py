@@ -27,6 +27,7 @@ MODELS = {"opt-125m": "OPT-125m", "opt-1.3b": "OPT-1.3b", "opt-13b": "OPT-13b", 
 METHODS = {  # in the paper's row order, after the zero-shot reference (method=none)
     "none": "Zero-shot", "ft": "FT", "adapter": "Adapter", "lora": "LoRA", "adalora": "AdaLoRA", "prefix": "Prefix",
     "bitfit": "BitFit", "masking": "Masking", "structured_masking": "Masking(S)",
+    "shira": "SHiRA",   # not in the paper: a baseline beside it
 }
 MASKING_METHODS = ("masking", "structured_masking")
 # The trainable shares the paper sweeps (Table 5); the default ratios the predictor fills in.

@@ -83,21 +83,29 @@ def _first_line(text: Any) -> str | None:
     return lines[0] if lines else None
 
 
-def run_from_record(record: RunRecord | dict[str, Any], source: str = "") -> RunResult:
-    """Extract a :class:`RunResult` from a record; an error naming ``source`` if a key is missing.
+def _is_metric(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
-    A ``finished`` record without a validation or test metric is treated as ``failed``: it cannot
-    enter a table; so is a stale ``running`` one (:func:`rmpeft.records.is_stale`).
+
+def run_from_record(record: RunRecord | dict[str, Any], source: str = "") -> RunResult:
+    """Extract a :class:`RunResult` from a record; an error naming ``source`` if a key is missing, or
+    if a ``finished`` record's validation or test metric is missing or not a number (an invalid record:
+    neither a result nor a failure). A stale ``running`` record (:func:`rmpeft.records.is_stale`)
+    counts as ``failed``.
     """
     rec = record if isinstance(record, RunRecord) else RunRecord.from_dict(record)
     missing = [k for k in ("model.name", "task.name", "method.name", "optim.lr") if rec.get(k) is None]
     if missing:
         raise RmpeftError(f"run record {source or '?'} lacks config key(s) {', '.join(missing)}")
     status = str(rec.status)
+    if status == "finished":
+        for key in ("val_metric", "test_metric"):
+            value = getattr(rec, key)
+            if not _is_metric(value):
+                why = f"has no {key}" if value is None else f"has {key}={value!r}, not a number"
+                raise RmpeftError(f"invalid run record {source or '?'}: status 'finished' but it {why}")
     val, test = _float_or_none(rec.val_metric), _float_or_none(rec.test_metric)
     error = rec.error
-    if status == "finished" and (val is None or test is None or math.isnan(val) or math.isnan(test)):
-        status, error = "failed", "finished record has no val_metric/test_metric"
     if is_stale(rec):   # killed from outside: it will never finish
         status, error = "failed", stale_reason(rec)
     return RunResult(

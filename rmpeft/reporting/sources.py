@@ -7,13 +7,13 @@ stored config when they are parsed (:meth:`RunRecord.from_dict`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rmpeft.errors import RmpeftError
 from rmpeft.loggers import HISTORY_EPOCH, HISTORY_TRAIN_LOSS, HISTORY_VAL_METRIC
-from rmpeft.records import STATUSES, RunRecord, find_records
+from rmpeft.records import RECORD_FILE, STATUSES, RunRecord, read_record
 
 SOURCES_HELP = "'disk' (default) or wandb:ENTITY/PROJECT"
 
@@ -23,10 +23,12 @@ _STATE_TO_STATUS = {"running": "running", "pending": "running", "finished": "fai
 
 
 def load_records(roots: Sequence[str | Path], source: str | None = None, api: Any = None,
-                 history: bool = False) -> list[tuple[str, RunRecord]]:
+                 history: bool = False, report: Callable[[str], None] | None = None) -> list[tuple[str, RunRecord]]:
     """``(source, record)`` pairs from results folders, or from ``wandb:ENTITY/PROJECT``.
 
     ``api`` replaces ``wandb.Api()`` (tests); ``history`` also fetches each wandb run's per-epoch curves.
+    A record file that cannot be read is an error, or with ``report`` is passed to it (one line: its path
+    and why) and left out.
     """
     if source and source != "disk":
         if not source.startswith("wandb:"):
@@ -35,7 +37,25 @@ def load_records(roots: Sequence[str | Path], source: str | None = None, api: An
     missing = [str(r) for r in roots if not Path(r).is_dir()]
     if missing:
         raise RmpeftError(f"results folder not found: {', '.join(missing)}")
-    return [(str(p), RunRecord.from_dict(rec)) for p, rec in find_records([Path(r) for r in roots])]
+    out = []
+    for root in roots:
+        for path in sorted(Path(root).rglob(RECORD_FILE)):
+            try:
+                rec = read_record(path)
+                if rec is not None:
+                    out.append((str(path), _parse(rec, path)))
+            except RmpeftError as e:
+                if report is None:
+                    raise
+                report(str(e))
+    return out
+
+
+def _parse(rec: dict[str, Any], path: Path) -> RunRecord:
+    try:
+        return RunRecord.from_dict(rec)
+    except (TypeError, ValueError, AttributeError) as e:   # a key of the wrong type (edited by hand)
+        raise RmpeftError(f"invalid run record {path}: {type(e).__name__}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from rmpeft.scoring.batch import (
     encode_example,
     flat_tokens,
     pad_id,
+    size_chunks,
     token_chunks,
 )
 from rmpeft.scoring.generation import generate_answers
@@ -41,7 +42,7 @@ from rmpeft.scoring.paths import (
 __all__ = [
     "PATHS", "Batch", "SharedPathUnsupported", "candidate_scores", "classification_loss", "collate", "collate_rows",
     "encode_candidate", "encode_example", "flat_token_logprobs", "flat_tokens", "generate_answers", "lm_loss",
-    "pad_id", "predict_choices", "shared_path_issue", "shared_token_logprobs", "token_chunks", "token_logprobs",
+    "pad_id", "predict_choices", "shared_path_issue", "shared_token_logprobs", "size_chunks", "token_chunks", "token_logprobs",
 ]
 
 

@@ -48,6 +48,42 @@ class Batch:
     def has_shared_layout(self) -> bool:
         return self.cand_ids is not None
 
+    def example_sizes(self) -> list[tuple[int, int]]:
+        """Per example: its candidate rows and its longest row (tokens)."""
+        lengths = self.attention_mask.sum(-1).tolist()
+        out, start = [], 0
+        for n in self.num_candidates:
+            out.append((n, int(max(lengths[start: start + n], default=0))))
+            start += n
+        return out
+
+    def select(self, examples: list[int]) -> "Batch":
+        """The batch of ``examples`` (ascending indices) alone: their rows, prompts and gold indices,
+        padding cut to their own longest row (right padding: the scored tokens do not change)."""
+        idx = torch.tensor(examples, dtype=torch.long, device=self.owner.device)
+        remap = torch.full((len(self.num_candidates),), -1, dtype=torch.long, device=self.owner.device)
+        remap[idx] = torch.arange(len(examples), device=self.owner.device)
+        rows = remap[self.owner] >= 0
+
+        def trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            width = int(mask.sum(-1).max()) if mask.numel() else 0
+            return ids[:, :width], mask[:, :width]
+
+        input_ids, attention = trim(self.input_ids[rows], self.attention_mask[rows])
+        shared: dict[str, torch.Tensor | None] = {}
+        if self.has_shared_layout:
+            assert self.prompt_ids is not None and self.prompt_mask is not None and self.cand_mask is not None
+            assert self.cand_ids is not None and self.group is not None
+            used = torch.unique(self.group[rows])   # sorted: groups keep their order
+            gmap = torch.full((self.prompt_ids.size(0),), -1, dtype=torch.long, device=used.device)
+            gmap[used] = torch.arange(used.numel(), device=used.device)
+            prompt_ids, prompt_mask = trim(self.prompt_ids[used], self.prompt_mask[used])
+            cand_ids, cand_mask = trim(self.cand_ids[rows], self.cand_mask[rows])
+            shared = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, cand_ids=cand_ids, cand_mask=cand_mask,
+                          group=gmap[self.group[rows]])
+        return Batch(input_ids, attention, self.option_mask[rows][:, : input_ids.size(1)], remap[self.owner[rows]],
+                     self.gold[idx], [self.num_candidates[i] for i in examples], **shared)
+
 
 def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -83,13 +119,17 @@ def flat_tokens(rows: list[list[Row]]) -> int:
 def token_chunks(rows: list[list[Row]], max_tokens: int | None) -> list[list[int]]:
     """Consecutive example indices grouped so that each group's flat layout holds at most
     ``max_tokens`` tokens (an example larger than that alone forms a group); None: one group."""
+    return size_chunks([(len(ex), max((len(ids) for ids, _ in ex), default=0)) for ex in rows], max_tokens)
+
+
+def size_chunks(sizes: list[tuple[int, int]], max_tokens: int | None) -> list[list[int]]:
+    """:func:`token_chunks` from each example's (candidate rows, longest row)."""
     if not max_tokens:
-        return [list(range(len(rows)))] if rows else []
+        return [list(range(len(sizes)))] if sizes else []
     out: list[list[int]] = []
     current: list[int] = []
     rows_n, width = 0, 0
-    for i, ex in enumerate(rows):
-        n, w = len(ex), max((len(ids) for ids, _ in ex), default=0)
+    for i, (n, w) in enumerate(sizes):
         if current and (rows_n + n) * max(width, w) > max_tokens:
             out.append(current)
             current, rows_n, width = [], 0, 0

@@ -54,6 +54,11 @@ def shared_path_issue(model: nn.Module, batch: Batch) -> str | None:
     if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
         return "prefix tuning keeps its own key/value cache"
     core = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    checkpointing = getattr(core, "is_activation_checkpointing", None)   # transformers >= 5: the newer name
+    if checkpointing is None:
+        checkpointing = getattr(core, "is_gradient_checkpointing", False)
+    if core.training and checkpointing is True:
+        return "activation checkpointing fills no key/value cache in training"
     params = inspect.signature(core.forward).parameters
     lacking = [p for p in ("past_key_values", "position_ids") if p not in params]
     if lacking:
@@ -80,6 +85,8 @@ def shared_token_logprobs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor,
     cache = getattr(out, "past_key_values", None)
     if cache is None or not hasattr(cache, "batch_select_indices"):
         raise SharedPathUnsupported(f"{type(base_model(model)).__name__} returned no selectable key/value cache")
+    if cache.get_seq_length() == 0:   # e.g. activation checkpointing in training drops the cache
+        raise SharedPathUnsupported(f"{type(base_model(model)).__name__} filled no key/value cache")
     cache.batch_select_indices(batch.group)               # one copy of its prompt's cache per candidate
     steps = batch.cand_ids.size(1) - 1
     attention = torch.cat([batch.prompt_mask[batch.group], batch.cand_mask[:, :-1]], dim=1)

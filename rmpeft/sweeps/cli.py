@@ -9,8 +9,10 @@ A run's folder comes from ``rmpeft.records.run_dir`` on its composed config (it 
 identity hash); a finished (or diverged) record there means the run is done and is never launched
 again. A run whose job dies without writing its record (killed, out of memory, node failure) is marked
 failed with the reason and its log files, so that the summary says so and the next launch reruns it.
-An unreadable record counts as failed and is relaunched (overwritten) only with ``force=true``. The exit
-status is 0 when every run of the sweep is done, 1 when some failed or are still missing, 2 for bad input.
+An unreadable record counts as failed and is relaunched (overwritten) only with ``force=true``. Before
+anything is launched (also with ``--dry-run`` and ``--list``, which launch nothing), the config of every
+run to launch is checked as ``rmpeft-train`` checks it: one bad run refuses the sweep. The exit status is
+0 when every run of the sweep is done, 1 when some failed or are still missing, 2 for bad input.
 """
 
 from __future__ import annotations
@@ -102,6 +104,28 @@ def assign_launch_keys(runs: list[SweepRun], exact: bool = False) -> None:
         run.launch_key = key
 
 
+def check_runs(runs: list[SweepRun], exact: bool = False) -> None:
+    """``rmpeft.run.check_config`` on the composed config of every run, before any is launched: one bad
+    run refuses the whole sweep, in one line naming the bad value and a run that has it."""
+    from rmpeft.run import check_config
+
+    def problem(cfg: DictConfig) -> str | None:
+        try:
+            check_config(cfg)
+        except RmpeftError as e:
+            return str(e)
+        return None
+
+    overrides = [list(r.overrides) for r in runs]
+    configs = RunConfigs(with_hydra=False)
+    found = configs.evaluate_exact(overrides, problem) if exact else configs.evaluate(overrides, problem)
+    bad = [(run, text) for run, text in zip(runs, found) if text]
+    if bad:
+        run, text = bad[0]
+        raise RmpeftError(f"{text} ({len(bad)} of {len(runs)} runs, e.g. '{' '.join(run.overrides)}'); "
+                          "nothing was launched")
+
+
 def launch_runs(todo: list[SweepRun], say: Any) -> None:
     """Launch the runs, one launch group per launcher configuration; mark the ones whose job died."""
     groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
@@ -145,7 +169,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="Hydra overrides")
     p.add_argument("--dry-run", action="store_true", help="report and show what would be launched; launch nothing")
     p.add_argument("--json", action="store_true", help="print the counts as one JSON object on stdout")
-    p.add_argument("--list", action="store_true", help="print the overrides of every run not done, one per line")
+    p.add_argument("--list", action="store_true",
+                   help="print the overrides of every run not done, one per line; launch nothing")
     p.add_argument("--skip-running", action="store_true",
                    help="leave runs whose record says 'running' alone (they may still run elsewhere)")
     p.add_argument("--exact", action="store_true", help="compose every run in full with Hydra (slow; a reference)")
@@ -172,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             force = forced(sweep)
             todo = [r for r in runs if not r.done and not (args.skip_running and r.status == "running")
                     and (force or not r.corrupt)]
+            check_runs(todo, exact=args.exact)
             if before["corrupt"] and not force:
                 say(f"{before['corrupt']} runs have an unreadable record (counted as failed); they are not "
                     "relaunched: fix or remove those files, or relaunch with force=true to overwrite them")
@@ -182,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.list:
                 for run in todo:
                     say(" ".join(run.overrides))
-            if args.dry_run or not todo:
+            if args.dry_run or args.list or not todo:
                 if args.dry_run and todo:
                     report_dry_run(shown, todo, say)
                 return _finish(args, path, runs, before, launched=0, say=say)
@@ -231,7 +257,7 @@ def _finish(args: argparse.Namespace, path: Path, runs: list[SweepRun], n: dict[
         print(json.dumps({"sweep": str(path), **n, "launched": launched,
                           "failed_runs": [{"run_dir": str(r.folder), "error": r.error, "logs": list(r.logs)}
                                           for r in failed]}))
-    if args.dry_run:
+    if args.dry_run or args.list:
         return 0
     return 0 if n["failed"] == 0 and n["missing"] == 0 and n["running"] == 0 else 1
 

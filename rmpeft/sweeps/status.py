@@ -80,6 +80,8 @@ def refresh_status(runs: list[SweepRun]) -> None:
     for run in runs:
         try:
             record = records.read_record(run.folder)
+            if record is not None:
+                records.check_result(record, run.folder / records.RECORD_FILE)
         except RmpeftError as e:
             run.status, run.error, run.corrupt = "failed", str(e), True
             continue
