@@ -228,7 +228,8 @@ def _set_checkpointing(model: nn.Module, on: bool) -> None:
 
 def _mode_step(att: Attached, model: nn.Module, opt: torch.optim.Optimizer, batch: scoring.Batch, phase: str,
                name: str, device: torch.device, autocast_dtype: torch.dtype | None) -> None:
-    """One batch of ``phase`` in mode ``name`` (base, bf16, checkpointing), shared-prompt scoring."""
+    """One batch of ``phase`` in mode ``name`` (base, bf16, checkpointing), scored by the path a run takes
+    (``auto``: shared prompts, except under activation checkpointing, which fills no key/value cache)."""
     dtype = torch.bfloat16 if name == "bf16" else autocast_dtype
     checkpointing = name == "checkpointing"
     if checkpointing:
@@ -237,12 +238,12 @@ def _mode_step(att: Attached, model: nn.Module, opt: torch.optim.Optimizer, batc
     try:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             if phase == "train":
-                scoring.classification_loss(att.model, batch, "shared").backward()
+                scoring.classification_loss(att.model, batch, "auto").backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             else:
                 with torch.no_grad():
-                    scoring.predict_choices(att.model, batch, "shared")
+                    scoring.predict_choices(att.model, batch, "auto")
     finally:
         if checkpointing:
             att.model.eval()
