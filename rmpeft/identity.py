@@ -19,6 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rmpeft.errors import RmpeftError
+
 # Dotted paths that never change a result: where things are written, how progress is shown, how
 # evaluation is batched, what is mirrored to wandb, where jobs run; and the parts that only build
 # `task.data_dir` (experiment=cpu-repro), whose resolved value stays in the identity.
@@ -62,12 +64,19 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "method.down_bias_init": "zero",
     "method.init_from": None,
     "task.train_augment": "none",
+    # Run options added later (excluded from the identity): how a config recorded before them runs.
+    "trainer.resume": True,
+    "trainer.gradient_checkpointing": False,
+    "trainer.train_max_tokens": None,
 }
 
 # Fields that vary inside one table cell (a grid point or a repetition), not between settings.
 PER_RUN: tuple[str, ...] = ("optim.lr", "seed", "data_seed")
 
-HASH_CHARS = 10
+# Hex digits kept of a SHA-256: a run's identity and setting hashes (a run folder's suffix), and the
+# fingerprints of files (base models, deltas, the entries a masking run starts from).
+IDENTITY_HASH_CHARS = 10
+FINGERPRINT_CHARS = 16
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
@@ -87,6 +96,21 @@ def get_path(cfg: Any, dotted: str, default: Any = None) -> Any:
             return default
         node = node.get(part) if hasattr(node, "get") else getattr(node, part, None)
     return default if node is None else node
+
+
+def config_value(cfg: Any, dotted: str, group: str = "") -> Any:
+    """The value of field ``dotted`` of a run config (``cfg``; with ``group``, e.g. ``"task"``, ``cfg``
+    is that group of it). A field missing from a config recorded before it existed reads as its
+    neutral default (:data:`NEUTRAL_DEFAULTS`); any other missing field is a one-line error naming it
+    (defaults live in ``conf/``, never here)."""
+    node = cfg
+    for part in dotted.removeprefix(f"{group}.").split(".") if group else dotted.split("."):
+        if not hasattr(node, "get") or part not in node:
+            if dotted in NEUTRAL_DEFAULTS:
+                return NEUTRAL_DEFAULTS[dotted]
+            raise RmpeftError(f"{dotted} is missing from the config; expected it from conf/ (or the run's record)")
+        node = node[part]
+    return node
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
@@ -132,6 +156,8 @@ def run_identity(cfg: Any) -> dict[str, Any]:
         _drop(tree, "task.data_dir")
     if _lookup(tree, "method.init_fingerprint") not in (_MISSING, None):
         _drop(tree, "method.init_from")
+    if _lookup(tree, "optim.lr") != "auto":   # the settings of a predicted LR play no part in a given one
+        _drop(tree, "optim.lr_auto")
     for path in EXCLUDED:
         _drop(tree, path)
     for path, neutral in NEUTRAL_DEFAULTS.items():
@@ -154,7 +180,7 @@ def setting_identity(cfg: Any) -> dict[str, Any]:
 def digest(tree: dict[str, Any]) -> str:
     """A short stable hash of a JSON-able tree (key order does not matter)."""
     text = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+    return hashlib.sha256(text.encode()).hexdigest()[:IDENTITY_HASH_CHARS]
 
 
 def identity_hash(cfg: Any) -> str:

@@ -1,9 +1,9 @@
-"""Experiment loggers. The run record on disk is always written by the trainer; a logger mirrors it
-to an external service. ``logger=none`` (default) logs nothing; ``logger=wandb`` mirrors each run to
+"""Experiment loggers. The run record on disk is always written by the run's lifecycle
+(:mod:`rmpeft.lifecycle`); a logger mirrors it to an external service. ``logger=none`` (default) logs nothing; ``logger=wandb`` mirrors each run to
 Weights & Biases (:mod:`rmpeft.reporting.sources` reads such runs back as records).
 
-The trainer calls ``build_logger(cfg)``, then ``log_config(resolved)``, ``log_epoch(...)`` after each
-epoch, ``log_summary(record)`` at the end and ``finish()``. A logger never raises into training: a
+The lifecycle calls ``build_logger(cfg)``, then ``log_config(resolved)``; the trainer ``log_epoch(...)``
+after each epoch; the lifecycle ``log_summary(record)`` at the end and ``finish()``. A logger never raises into training: a
 wandb failure (not installed, no network, bad key) warns once and turns the logger into a no-op.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from rmpeft.errors import unknown_choice
+from rmpeft.identity import config_value
 from rmpeft.records import format_number, get_path, method_tag, setting_hash
 from rmpeft.validation import LOGGERS, WANDB_MODES
 
@@ -60,29 +61,29 @@ def derived_names(cfg: Any) -> tuple[str, str]:
     every other result-changing field, all LRs and seeds), the run name adds the LR and seed, e.g.
     ``opt-125m-rte-masking-r0.0001-3f2a9c01d4`` / ``...-lr0.01-s1``."""
     group = f"{get_path(cfg, 'model.name')}-{get_path(cfg, 'task.name')}-{method_tag(cfg)}-{setting_hash(cfg)}"
-    return group, f"{group}-lr{format_number(get_path(cfg, 'optim.lr'))}-s{get_path(cfg, 'seed', 0)}"
+    return group, f"{group}-lr{format_number(get_path(cfg, 'optim.lr'))}-s{config_value(cfg, 'seed')}"
 
 
 def wandb_settings(cfg: Any) -> WandbSettings:
     """Read ``cfg.logger`` (wandb fields) plus the run's identity; bad values are config errors."""
-    mode = str(get_path(cfg, "logger.mode", "online"))
+    mode = str(config_value(cfg, "logger.mode"))
     if mode not in WANDB_MODES:
         raise unknown_choice("logger.mode", mode, WANDB_MODES)
     group, run_name = derived_names(cfg)
-    tags = [str(get_path(cfg, "name", "default")), str(get_path(cfg, "model.name")), str(get_path(cfg, "task.name")),
+    tags = [str(config_value(cfg, "name")), str(get_path(cfg, "model.name")), str(get_path(cfg, "task.name")),
             str(get_path(cfg, "method.name"))]
-    for t in get_path(cfg, "logger.tags", None) or []:
+    for t in config_value(cfg, "logger.tags") or []:
         if str(t) not in tags:
             tags.append(str(t))
     return WandbSettings(
-        project=str(get_path(cfg, "logger.project", "rmpeft")),
-        entity=get_path(cfg, "logger.entity"),
+        project=str(config_value(cfg, "logger.project")),
+        entity=config_value(cfg, "logger.entity"),
         mode=mode,
-        run_name=str(get_path(cfg, "logger.run_name") or run_name),
-        group=str(get_path(cfg, "logger.group") or group),
+        run_name=str(config_value(cfg, "logger.run_name") or run_name),
+        group=str(config_value(cfg, "logger.group") or group),
         tags=tags,
-        dir=get_path(cfg, "logger.dir"),
-        init_timeout=float(get_path(cfg, "logger.init_timeout", 90.0)),
+        dir=config_value(cfg, "logger.dir"),
+        init_timeout=float(config_value(cfg, "logger.init_timeout")),
     )
 
 

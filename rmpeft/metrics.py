@@ -1,4 +1,4 @@
-"""Task metrics: accuracy and SQuAD token F1 (the official SQuAD v1.1 definition, as MeZO uses it).
+"""Task metrics: whether a prediction is correct (accuracy) and SQuAD token F1 (the official SQuAD v1.1 definition, as MeZO uses it).
 
 Small enough to own: the ``evaluate`` library's ``squad`` metric computes the same F1 but needs its
 script downloaded from the Hub at run time, which offline runs cannot do.
@@ -45,11 +45,3 @@ def is_correct(pred: int, gold: int | Collection[int]) -> bool:
     (ReCoRD, where every surface form of the answer entity counts)."""
     return pred in gold if isinstance(gold, Collection) else pred == gold
 
-
-def accuracy(preds: Sequence[int], golds: Sequence[int | Collection[int]]) -> float:
-    """Share of predictions that are correct (see :func:`is_correct`), in [0, 1]."""
-    if len(preds) != len(golds):
-        raise ValueError(f"accuracy: {len(preds)} predictions for {len(golds)} gold labels")
-    if not preds:
-        raise ValueError("accuracy of no predictions")
-    return sum(is_correct(p, g) for p, g in zip(preds, golds)) / len(preds)

@@ -1,12 +1,12 @@
-"""Loading causal LMs and their tokenizers.
+"""Loading models and their input preprocessors, through the model family of ``model.family``.
 
 Every model goes through ``from_pretrained``: hub ids and local folders directly, random-init models
 (``model.random_init=true``, e.g. ``tiny-opt``) after being materialised once from ``model.arch`` into
 ``<cache_dir>/models/<name>-<hash>``. Tests and smoke runs therefore exercise the same code path as
 real checkpoints.
 
-``model.family`` picks what is loaded: ``causal_lm`` (the default) or ``clip``, an image classifier
-(CLIP's image encoder with a fixed head built for the run's task, :mod:`rmpeft.vision`).
+The families (:mod:`rmpeft.families`) are registered here: ``causal_lm`` (the default, defined in this
+module) and ``clip``, an image classifier (:mod:`rmpeft.vision.family`).
 """
 
 from __future__ import annotations
@@ -19,16 +19,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+import rmpeft.vision.family  # noqa: F401  (registers the clip family)
 from rmpeft.checkpoints import is_complete, random_init_folder, write_once
 from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.families import DEFAULT_FAMILY, FAMILIES, ModelFamily, register_family
 from rmpeft.gguf_models import materialize_gguf_model
-from rmpeft.vision.classes import class_spec
-from rmpeft.vision.model import classifier_on_meta, load_image_classifier
+from rmpeft.validation import PRECISIONS
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-FAMILIES = ("causal_lm", "clip")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -48,8 +47,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
     The rule: ``auto`` picks a lower precision only where it is measured faster with results that
     agree. On a GPU that is bf16 (fp16 where bf16 is missing). On CPU it stays fp32 on every CPU:
-    bf16 autocast was measured 2-4x slower than fp32 on a CPU without bf16 instructions
-    (docs/performance.md) and has not been measured on one with them; ``trainer.precision=bf16``
+    bf16 autocast was measured 4x (evaluation) to 29x (training) slower than fp32 on a CPU without
+    bf16 instructions (docs/performance.md) and has not been measured on one with them; ``trainer.precision=bf16``
     asks for it explicitly. The rule depends on the device type only, so a config's identity does
     not depend on which CPU resolves it."""
     if precision not in PRECISIONS:
@@ -65,12 +64,13 @@ def torch_dtype(precision: str) -> torch.dtype:
     return _DTYPES[precision]
 
 
-def model_family(model_cfg: Any) -> str:
-    """``model.family`` (``causal_lm`` when absent)."""
-    family = str(model_cfg.get("family") or "causal_lm")
-    if family not in FAMILIES:
-        raise unknown_choice("model.family", family, FAMILIES)
-    return family
+def get_family(model_cfg: Any) -> ModelFamily:
+    """The family of ``model.family`` (:data:`rmpeft.families.DEFAULT_FAMILY` when absent); an unknown
+    name raises a one-line error listing the families."""
+    name = str(model_cfg.get("family") or DEFAULT_FAMILY)
+    if name not in FAMILIES:
+        raise unknown_choice("model.family", name, FAMILIES)
+    return FAMILIES[name]
 
 
 def hf_config_from_arch(arch: dict[str, Any]):
@@ -83,16 +83,8 @@ def hf_config_from_arch(arch: dict[str, Any]):
 
 
 def build_model_on_meta(model_cfg: Any) -> nn.Module:
-    """The model described by ``model_cfg.arch`` on the meta device: shapes only, no memory, no download.
-    An image classifier is its image encoder (the parameters the trainable shares are taken of)."""
-    from transformers import AutoModelForCausalLM
-
-    if model_family(model_cfg) == "clip":
-        return classifier_on_meta(model_cfg)
-
-    config = hf_config_from_arch(model_cfg["arch"])
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+    """The model described by ``model_cfg.arch`` on the meta device: shapes only, no memory, no download."""
+    return get_family(model_cfg).on_meta(model_cfg)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -153,44 +145,61 @@ def materialize_random_model(model_cfg: Any, cache_dir: str | Path) -> Path:
 
 
 def model_source(model_cfg: Any, cache_dir: str | Path) -> str:
-    """Where ``from_pretrained`` loads the model from: hub id, local folder, a materialised random init,
-    or a packaged GGUF file converted once (``model.gguf``, see :mod:`rmpeft.gguf_models`)."""
-    if model_cfg.get("random_init"):
-        return str(materialize_random_model(model_cfg, cache_dir))
-    source = model_cfg.get("name_or_path")
-    if not source and model_cfg.get("gguf"):
-        return str(materialize_gguf_model(model_cfg, cache_dir))
-    if not source:
-        raise RmpeftError(f"model '{model_cfg.get('name')}' has no name_or_path; set model.name_or_path=<hub id or folder>")
-    return str(source)
+    """Where ``from_pretrained`` loads the model from (the family's :meth:`ModelFamily.source`)."""
+    return get_family(model_cfg).source(model_cfg, cache_dir)
 
 
 def load_model_and_tokenizer(model_cfg: Any, cache_dir: str | Path, dtype: torch.dtype = torch.float32,
-                             task_cfg: Any = None):
-    """Load (model, tokenizer) through ``from_pretrained``. The tokenizer gets a pad token if it has none.
-    An image classifier (``model.family: clip``) comes with its image processor instead of a tokenizer,
-    and its head is built for ``task_cfg``'s classes."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+                             task_cfg: Any = None) -> tuple[nn.Module, Any]:
+    """Load (model, input preprocessor) through ``from_pretrained``, as the model's family does: a causal
+    LM with its tokenizer, an image classifier with its image processor (its head built for
+    ``task_cfg``'s classes)."""
+    return get_family(model_cfg).load(model_cfg, cache_dir, dtype, task_cfg)
 
-    if model_family(model_cfg) == "clip":
-        if task_cfg is None:
-            raise RmpeftError(f"model '{model_cfg.get('name')}' is an image classifier: its head needs the task")
-        return load_image_classifier(model_cfg, class_spec(str(task_cfg.get("name"))), cache_dir, dtype)
 
-    hf_logging.disable_progress_bar()
-    source = model_source(model_cfg, cache_dir)
-    revision = model_cfg.get("revision") or None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=dtype)
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RmpeftError(f"cannot load model '{source}': {first}") from e
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    set_first_token(tokenizer, model_cfg.get("first_token_id"))
-    return model, tokenizer
+@register_family
+class CausalLM(ModelFamily):
+    """A Hugging Face causal LM and its tokenizer (which gets a pad token if it has none)."""
+
+    name = DEFAULT_FAMILY
+
+    def source(self, model_cfg: Any, cache_dir: str | Path) -> str:
+        """Hub id, local folder, a materialised random init, or a packaged GGUF file converted once
+        (``model.gguf``, see :mod:`rmpeft.gguf_models`)."""
+        if model_cfg.get("random_init"):
+            return str(materialize_random_model(model_cfg, cache_dir))
+        source = model_cfg.get("name_or_path")
+        if not source and model_cfg.get("gguf"):
+            return str(materialize_gguf_model(model_cfg, cache_dir))
+        if not source:
+            raise RmpeftError(f"model '{model_cfg.get('name')}' has no name_or_path; "
+                              "set model.name_or_path=<hub id or folder>")
+        return str(source)
+
+    def load(self, model_cfg: Any, cache_dir: str | Path, dtype: torch.dtype, task_cfg: Any) -> tuple[nn.Module, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        source = self.source(model_cfg, cache_dir)
+        revision = model_cfg.get("revision") or None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+            model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=dtype)
+        except OSError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RmpeftError(f"cannot load model '{source}': {first}") from e
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        set_first_token(tokenizer, model_cfg.get("first_token_id"))
+        return model, tokenizer
+
+    def on_meta(self, model_cfg: Any) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        config = hf_config_from_arch(model_cfg["arch"])
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
 
 
 def set_first_token(tokenizer: Any, token_id: int | None) -> None:

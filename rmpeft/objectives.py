@@ -28,6 +28,7 @@ from rmpeft import metrics, scoring
 from rmpeft.data import load_splits
 from rmpeft.data.example import Example
 from rmpeft.errors import unknown_choice
+from rmpeft.identity import config_value
 from rmpeft.validation import TASK_OBJECTIVES
 from rmpeft.vision.data import ImageBatch, ImageExample, collate_images, load_image_splits
 
@@ -46,13 +47,14 @@ class Objective:
 
     kinds: ClassVar[tuple[str, ...]] = ()
     metric: ClassVar[str] = ""
+    modality: ClassVar[str] = "text"     # what its examples are (a task's TaskSpec.modality)
 
     def __init__(self, tokenizer: Any, trainer_cfg: Any, unwrap: Callable[[nn.Module], nn.Module] = _identity):
         self.tokenizer = tokenizer
-        self.max_length = int(trainer_cfg.get("max_length", 1024))
-        self.max_new_tokens = int(trainer_cfg.get("max_new_tokens", 50))
-        self.eval_max_tokens = trainer_cfg.get("eval_max_tokens") or None
-        self.train_max_tokens = trainer_cfg.get("train_max_tokens") or None
+        self.max_length = int(config_value(trainer_cfg, "trainer.max_length", "trainer"))
+        self.max_new_tokens = int(config_value(trainer_cfg, "trainer.max_new_tokens", "trainer"))
+        self.eval_max_tokens = config_value(trainer_cfg, "trainer.eval_max_tokens", "trainer")
+        self.train_max_tokens = config_value(trainer_cfg, "trainer.train_max_tokens", "trainer")
         self.unwrap = unwrap
         self.max_batch_tokens = 0   # largest batch built so far, in tokens (candidate rows x padded length)
 
@@ -204,6 +206,7 @@ class ImageClassificationObjective(Objective):
 
     kinds = ("image_classification",)
     metric = "accuracy"
+    modality = "image"
 
     @classmethod
     def load_splits(cls, task_cfg: Any, data_seed: int) -> dict[str, Any]:
@@ -257,12 +260,12 @@ def objective_type(task_cfg: Any) -> type[Objective]:
     kind = str(task_cfg.get("kind"))
     if kind not in OBJECTIVES:
         raise unknown_choice("task.kind", kind, OBJECTIVES)
-    objective = str(task_cfg.get("objective") or "classification")
+    if OBJECTIVES[kind] is not ChoiceObjective:   # task.objective is a field of tasks with candidates
+        return OBJECTIVES[kind]
+    objective = str(config_value(task_cfg, "task.objective", "task"))
     if objective not in TASK_OBJECTIVES:
         raise unknown_choice("task.objective", objective, TASK_OBJECTIVES)
-    if objective == "lm" and OBJECTIVES[kind] is ChoiceObjective:
-        return CandidateLMObjective
-    return OBJECTIVES[kind]
+    return CandidateLMObjective if objective == "lm" else ChoiceObjective
 
 
 def build_objective(task_cfg: Any, tokenizer: Any, trainer_cfg: Any,

@@ -36,6 +36,7 @@ from rmpeft.errors import RmpeftError
 from rmpeft.methods import METHODS, MethodContext, get_method
 from rmpeft.models import build_model_on_meta, count_parameters
 from rmpeft.reporting.paper import PAPER_NUMBERS_DIR, TASK_TABLES, VISION_MODEL, VISION_TABLE, read_paper_table
+from rmpeft.run import check_method_family, registry_fields
 from rmpeft.validation import validate
 
 PAPER_TABLES = TASK_TABLES
@@ -98,7 +99,8 @@ class ConfigComposer:
         machine aside: nothing is loaded)."""
         check_choices(overrides)
         cfg = compose_run(overrides)   # the task is irrelevant to the count; the default one is kept
-        validate(cfg, get_method(str(cfg.method.name)).config_fields, files=False)
+        validate(cfg, get_method(str(cfg.method.name)).config_fields, files=False, registered=registry_fields())
+        check_method_family(cfg)
         return cfg
 
 

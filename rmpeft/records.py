@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rmpeft.errors import RmpeftError
-from rmpeft.identity import get_path, identity_hash, run_identity, setting_hash, setting_identity
+from rmpeft.identity import config_value, get_path, identity_hash, run_identity, setting_hash, setting_identity
 from rmpeft.run_folder import NEXT_RECORD_FILE, RECORD_FILE, discard_next_delta, promote_next, share_like_umask
 
 STATUSES = ("running", "finished", "diverged", "failed")
@@ -39,7 +39,7 @@ STALE_AFTER_S = 1800.0
 
 __all__ = [
     "DONE_STATUSES", "HEARTBEAT_S", "NEXT_RECORD_FILE", "RECORD_FILE", "STALE_AFTER_S", "STATUSES", "RunRecord",
-    "atomic_write_json", "check_result", "discard_next_delta", "find_records", "format_number", "get_path", "git_commit", "identity_hash", "is_stale", "legacy_run_dir",
+    "atomic_write_json", "check_result", "discard_next_delta", "find_records", "format_number", "get_path", "git_commit", "identity_hash", "is_stale", "unhashed_run_dir",
     "load_record", "method_tag", "promote_next", "read_record", "run_dir", "run_identity", "run_status", "setting_hash",
     "setting_identity", "stale_reason", "strict_json", "to_json_dict", "versions", "write_record",
 ]
@@ -81,6 +81,7 @@ class RunRecord:
     started_at: str | None = None
     finished_at: str | None = None
     hessian: dict[str, Any] | None = None    # {"before", "after"} with analysis.hessian=true
+    lr_auto: dict[str, Any] | None = None    # optim.lr=auto: the predicted lr, its estimator, constant, quantities, seconds
     delta: dict[str, Any] | None = None      # the kept/evaluated delta: {"path", "bytes", "fingerprint", ...}
     nulls: dict[str, str] = field(default_factory=dict)   # dotted key -> why it is null ("nan", "inf", ...)
     extra: dict[str, Any] = field(default_factory=dict)   # any other key (kept on round trips)
@@ -113,9 +114,10 @@ class RunRecord:
         return setting_hash(self.config)
 
 
-def format_number(x: float) -> str:
-    """Compact, stable text for a number in a folder name: 1e-2 -> '0.01', 1e-05 -> '1e-05'."""
-    return f"{float(x):g}"
+def format_number(x: float | str) -> str:
+    """Compact, stable text for a number in a folder name: 1e-2 -> '0.01', 1e-05 -> '1e-05'; the word
+    ``auto`` (``optim.lr=auto``) stays as it is."""
+    return x if x == "auto" else f"{float(x):g}"
 
 
 def method_tag(cfg: Any) -> str:
@@ -141,24 +143,25 @@ def folder_component(field: str, value: Any) -> str:
     return text
 
 
-def legacy_run_dir(cfg: Any) -> Path:
-    """The folder without the identity hash (``.../seed<seed>``), as runs were laid out before it."""
-    parts = {f: folder_component(f, get_path(cfg, f, "default" if f == "name" else None)) for f in FOLDER_FIELDS}
+def unhashed_run_dir(cfg: Any) -> Path:
+    """The run folder without its identity-hash suffix (``.../seed<seed>``): :func:`run_dir` adds the
+    hash; runs recorded before the hash existed were laid out here (``rmpeft-migrate`` moves them)."""
+    parts = {f: folder_component(f, config_value(cfg, f)) for f in FOLDER_FIELDS}
     return (
-        Path(str(get_path(cfg, "results_root", "results/runs")))
+        Path(str(config_value(cfg, "results_root")))
         / parts["name"]
         / parts["model.name"]
         / parts["task.name"]
         / folder_component("method", method_tag(cfg))
         / folder_component("optim.lr", f"lr{format_number(get_path(cfg, 'optim.lr'))}")
-        / folder_component("seed", f"seed{get_path(cfg, 'seed', 0)}")
+        / folder_component("seed", f"seed{config_value(cfg, 'seed')}")
     )
 
 
 def run_dir(cfg: Any) -> Path:
     """The folder of the run described by ``cfg`` (a DictConfig or nested dict)."""
-    legacy = legacy_run_dir(cfg)
-    return legacy.with_name(f"{legacy.name}-{identity_hash(cfg)}")
+    unhashed = unhashed_run_dir(cfg)
+    return unhashed.with_name(f"{unhashed.name}-{identity_hash(cfg)}")
 
 
 def strict_json(value: Any, nulls: dict[str, str], path: str = "") -> Any:

@@ -21,10 +21,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rmpeft.errors import RmpeftError
 from rmpeft.identity import get_path
+from rmpeft.lr_auto.calibration import resolved_constant
+from rmpeft.lr_auto.estimators import get_estimator
+from rmpeft.lr_auto.settings import is_auto
 
 INIT_FINGERPRINT_FIELD = "init_fingerprint"   # method.init_fingerprint: sha256 over the files of method.init_from
 FINGERPRINT_FIELD = "data_fingerprint"   # task.data_fingerprint: sha256 over the local files a task reads
@@ -111,14 +114,25 @@ def folder_fingerprint(folder: Path) -> str:
     return h.hexdigest()
 
 
+def auto_lr_constant(cfg: Any) -> float | None:
+    """For ``optim.lr=auto``: the constant its estimator will use (``optim.lr_auto.constant``, or the
+    theory or calibrated one); None for a numeric LR."""
+    if not is_auto(get_path(cfg, "optim.lr")) or "lr_auto" not in cfg.optim:
+        return None
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    return resolved_constant(get_estimator(str(optim["lr_auto"]["estimator"])), optim)
+
+
 def resolve_run_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``trainer.device`` / ``trainer.precision`` resolved for the machine that runs it and
-    ``task.data_fingerprint`` set from the local files it reads (changed in place and returned). A config
+    """``cfg`` with ``trainer.device`` / ``trainer.precision`` resolved for the machine that runs it,
+    ``task.data_fingerprint`` set from the local files it reads and, for ``optim.lr=auto``,
+    ``optim.lr_auto.constant`` set to the constant its estimator uses (changed in place and returned). A config
     resolved once resolves to itself."""
     device = target_device(cfg)
     precision = target_precision(str(get_path(cfg, "trainer.precision", "auto")), device)
     fingerprint = data_fingerprint(cfg.task)
     init_from = cfg.method.get("init_from") if "method" in cfg else None
+    lr_constant = auto_lr_constant(cfg)
     if init_from and not Path(str(init_from)).expanduser().is_dir():
         raise RmpeftError(f"method.init_from='{init_from}' is not an existing folder; expected a peft adapter "
                           "folder or an rmpeft delta")
@@ -127,6 +141,8 @@ def resolve_run_config(cfg: DictConfig) -> DictConfig:
             cfg.method[INIT_FINGERPRINT_FIELD] = folder_fingerprint(Path(str(init_from)).expanduser())
         cfg.trainer.device = device
         cfg.trainer.precision = precision
+        if lr_constant is not None:   # optim.lr=auto: the estimator's constant, as it is on this machine
+            cfg.optim.lr_auto.constant = lr_constant
         if fingerprint is not None:
             cfg.task[FINGERPRINT_FIELD] = fingerprint
         elif FINGERPRINT_FIELD in cfg.task:   # a config reused from a run with local data

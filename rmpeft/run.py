@@ -24,20 +24,22 @@ from rmpeft.cpu_allocator import keep_freed_memory
 from rmpeft.data import Example
 from rmpeft.data.tasks import get_task
 from rmpeft.errors import RmpeftError
+from rmpeft.identity import config_value
 from rmpeft.methods import MethodContext, MethodHandle, get_method
 from rmpeft.models import (
+    FAMILIES,
     build_model_on_meta,
     count_parameters,
     cpu_has_bf16,
+    get_family,
     load_model_and_tokenizer,
     resolve_precision,
     torch_dtype,
 )
-from rmpeft.objectives import Objective, build_objective, objective_type
+from rmpeft.objectives import OBJECTIVES, Objective, build_objective, objective_type
 from rmpeft.scoring import Batch
 from rmpeft.sparse import set_strategy_cache_dir
-from rmpeft.vision.classes import class_spec
-from rmpeft.validation import DEVICES, check_batching, validate
+from rmpeft.validation import DEVICES, Spec, check_batching, validate
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +71,33 @@ class Run:
         return self.accelerator.device
 
 
+def registry_fields() -> dict[str, Spec]:
+    """The fields whose choices come from a registry: the model families, the task kinds and their
+    metrics (the objectives)."""
+    return {"model.family": Spec("choice", choices=tuple(sorted(FAMILIES)), required=False),
+            "task.kind": Spec("choice", choices=tuple(OBJECTIVES)),
+            "task.metric": Spec("choice", choices=tuple(dict.fromkeys(o.metric for o in OBJECTIVES.values())))}
+
+
 def check_config(cfg: DictConfig) -> None:
     """Check every value of a composed run config (common and method fields) before anything runs;
     a bad value raises a one-line :class:`RmpeftError`. Includes what depends on the model's shapes
     (the method fits the model, the first token is in its vocabulary), checked on the meta device."""
-    validate(cfg, get_method(str(cfg.method.name)).config_fields)
-    if cfg.task.get("kind") == "image_classification":
-        class_spec(str(cfg.task.name))
-    else:
-        get_task(str(cfg.task.name))
+    validate(cfg, get_method(str(cfg.method.name)).config_fields, registered=registry_fields())
+    get_task(str(cfg.task.name), OBJECTIVES[str(cfg.task.kind)].modality)
+    check_method_family(cfg)
     model = cfg.model.get("arch") and OmegaConf.to_container(cfg.model, resolve=True)
     if model:
         _check_on_meta(json.dumps(model, sort_keys=True, default=str),
                        json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True))
+
+
+def check_method_family(cfg: DictConfig) -> None:
+    """The method applies to the model's family (``Method.model_families``)."""
+    method, family = get_method(str(cfg.method.name)), get_family(cfg.model)
+    if method.model_families and family.name not in method.model_families:
+        raise RmpeftError(f"method={method.name} does not apply to a {family.name} model (model={cfg.model.name}); "
+                          f"it applies to {', '.join(method.model_families)} models")
 
 
 @lru_cache(maxsize=256)
@@ -182,7 +198,7 @@ def build_run(cfg: DictConfig, accelerator: Any = None, apply_method: ApplyMetho
             p.data = p.data.float()
     if method.trains and handle.num_trainable() == 0:
         raise RmpeftError(f"method '{cfg.method.name}' left no trainable parameters")
-    if cfg.trainer.get("gradient_checkpointing", False):
+    if config_value(cfg, "trainer.gradient_checkpointing"):
         enable_checkpointing(handle.model)
     objective = build_objective(cfg.task, tokenizer, cfg.trainer, accelerator.unwrap_model)
     if objective.train_max_tokens and draws_dropout(handle.model):

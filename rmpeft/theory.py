@@ -231,7 +231,7 @@ def expected_sq_norm(gram: np.ndarray, signal: np.ndarray, sigma: float) -> floa
 # --- the experiment --------------------------------------------------------------------------------
 
 @dataclass
-class Row:
+class SimulationRow:
     """One p: means over masks (deviation: max over masks and i)."""
 
     p: float
@@ -256,7 +256,7 @@ def _mask_rng(seed: int, p: float, draw: int) -> np.random.Generator:
     return np.random.default_rng([seed, int(round(p * 1e9)), draw])
 
 
-def simulate(cfg: TheoryConfig) -> list[Row]:
+def simulate(cfg: TheoryConfig) -> list[SimulationRow]:
     """Run the whole table (seeded: same config, same numbers)."""
     cfg.validate()
     rng = np.random.default_rng(cfg.seed)
@@ -298,7 +298,7 @@ def simulate(cfg: TheoryConfig) -> list[Row]:
         def mean(key: str) -> float:
             return float(np.mean([dr[key] for dr in draws]))
 
-        rows.append(Row(
+        rows.append(SimulationRow(
             p=p, lam1=mean("lam1"), p_lam1_full=p * float(full_eigs[0]),
             max_deviation=max(dr["max_deviation"] for dr in draws), thm51_bound=bound51,
             lr_bisect=mean("lr_bisect"), lr_theory=mean("lr_theory"),
@@ -312,7 +312,7 @@ def simulate(cfg: TheoryConfig) -> list[Row]:
 
 # --- output ----------------------------------------------------------------------------------------
 
-COLUMNS = [  # (Row field, Markdown header, format)
+COLUMNS = [  # (SimulationRow field, Markdown header, format)
     ("p", "p", "{:g}"),
     ("lam1", "λ₁(XMXᵀ)", "{:.1f}"),
     ("p_lam1_full", "p·λ₁(XXᵀ)", "{:.1f}"),
@@ -327,7 +327,7 @@ COLUMNS = [  # (Row field, Markdown header, format)
 ]
 
 
-def to_markdown(rows: list[Row], cfg: TheoryConfig) -> str:
+def to_markdown(rows: list[SimulationRow], cfg: TheoryConfig) -> str:
     head = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     sep = "|" + "|".join("---:" for _ in COLUMNS) + "|"
     body = ["| " + " | ".join(fmt.format(getattr(r, f)) for f, _, fmt in COLUMNS) + " |" for r in rows]
@@ -339,7 +339,7 @@ def to_markdown(rows: list[Row], cfg: TheoryConfig) -> str:
     return "\n".join([head, sep, *body, "", *notes]) + "\n"
 
 
-def write_csv(rows: list[Row], path: Path) -> None:
+def write_csv(rows: list[SimulationRow], path: Path) -> None:
     fields = [f for f, _, _ in COLUMNS] + ["power_iters", "gd_steps", "all_converged"]
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -348,7 +348,7 @@ def write_csv(rows: list[Row], path: Path) -> None:
             writer.writerow([getattr(r, f) for f in fields])
 
 
-def plot(rows: list[Row], out_dir: Path) -> list[Path]:
+def plot(rows: list[SimulationRow], out_dir: Path) -> list[Path]:
     """Four panels versus p: λ₁, deviation vs bound, stable LR, solution norm. Returns PNG and PDF paths."""
     import matplotlib
 

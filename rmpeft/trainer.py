@@ -12,31 +12,38 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from accelerate.utils import DistributedType
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from rmpeft import records, resume
+from rmpeft import resume
 from rmpeft.analysis.distance import l2_distance, snapshot
+from rmpeft.analysis.lr_measure import auto_lr, with_lr
 from rmpeft.analysis.sharpness import measure_run
-from rmpeft.data import Example
 from rmpeft.deltas.export import keep_run_delta
-from rmpeft.errors import RmpeftError, unknown_choice
-from rmpeft.loggers import RunLogger, build_logger
+from rmpeft.errors import unknown_choice
+from rmpeft.evaluation import evaluate, validation_loss
+from rmpeft.identity import config_value
+from rmpeft.lifecycle import RecordedRun, fill_sizes
+from rmpeft.loggers import RunLogger
 from rmpeft.loss_scaling import OverflowBudget
+from rmpeft.lr_auto.settings import is_auto
 from rmpeft.optim import build_optimizer, build_scheduler
 from rmpeft.records import RunRecord
-from rmpeft.resolve import resolve_run_config
-from rmpeft.run_folder import RunLock
-from rmpeft.run_stats import Heartbeat, Timer, examples_in, peak_memory
-from rmpeft.run import (Run, backward_micro_batch, batch_loss, build_run, check_config, make_accelerator,
-                        total_steps, train_loader)
+from rmpeft.run import (
+    Run,
+    backward_micro_batch,
+    batch_loss,
+    build_run,
+    total_steps,
+    train_loader,
+)
+from rmpeft.run_stats import Timer, examples_in, peak_memory
 from rmpeft.validation import EPOCH_SELECTIONS
 
 log = logging.getLogger(__name__)
@@ -50,31 +57,74 @@ class Diverged(Exception):
     """The training loss became NaN/inf or exceeded ``trainer.divergence_loss``."""
 
 
-@torch.no_grad()
-def evaluate(run: Run, examples: list[Example], desc: str = "eval") -> float:
-    """The task metric (accuracy or F1, in [0, 1]) on ``examples``, sharded over processes."""
-    acc = run.accelerator
-    model = run.model
-    was_training = model.training
-    model.eval()
-    shard = examples[acc.process_index:: acc.num_processes]
-    size = int(run.cfg.trainer.eval_batch_size)
-    scores: list[float] = []
-    bar = tqdm(range(0, len(shard), size), desc=desc, leave=False,
-               disable=not (run.cfg.trainer.progress and acc.is_main_process))
-    for start in bar:
-        with acc.autocast():
-            scores += run.objective.scores(model, shard[start: start + size], run.device)
-    gathered = acc.gather_for_metrics(scores, use_gather_object=True) if acc.num_processes > 1 else scores
-    if was_training:
-        model.train()
-    return run.objective.aggregate(gathered)
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one config end to end and return its record (also written to ``<run_dir>/record.json``).
+
+    A run whose record is already finished (or diverged) is skipped unless ``force=true``; a forced
+    rerun replaces the old result only with a new finished one (or, over a diverged one, with any new
+    result); a run that raises is recorded as failed and the exception propagates; a run that another
+    live process holds stops with one line (:class:`rmpeft.lifecycle.RecordedRun`).
+    """
+    recorded = RecordedRun(cfg, logged=True)
+    if recorded.done is not None:
+        return recorded.done
+    with recorded as rec:
+        run = build_run(recorded.cfg, recorded.accelerator)
+        fill_sizes(rec, run)
+        if recorded.is_main:
+            log.info("%s: %d / %d trainable parameters (%.4f%%) -> %s", run.cfg.method.name, rec.trainable_params,
+                     run.total_params, 100 * rec.trainable_share, rec.run_dir)
+        timer = Timer()
+        if run.trains:
+            train_and_test(run, recorded, timer)
+        else:
+            recorded.save()
+            evaluate_only(run, rec, timer)
+        rec.method_state = run.handle.state_for_record()
+        timer.fill(rec)
+        rec.peak_mem_bytes = peak_memory(run.device)
+        rec.max_batch_tokens = getattr(run.objective, "max_batch_tokens", 0) or None
+    return recorded.result
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def train_and_test(run: Run, recorded: RecordedRun, timer: Timer) -> None:
+    """Train, then (unless diverged) measure and test at the best epoch and keep the delta."""
+    cfg, rec = run.cfg, recorded.record
+    if is_auto(cfg.optim.lr):   # predicted from a few batches before any update (docs/lr-prediction.md)
+        rec.lr_auto = auto_lr(run)
+        run.cfg = with_lr(cfg, rec.lr_auto["lr"])
+    initial = snapshot(run.handle.trainable_parameters())
+    if cfg.analysis.hessian:
+        rec.hessian = {"before": measure_run(run)}
+    recorded.save()
+    try:
+        final = fit(run, rec, recorded.logger, recorded.save, timer)
+    except Diverged as e:
+        rec.status, rec.error = "diverged", str(e)
+        return
+    rec.distance_from_init = l2_distance(initial, final)
+    if cfg.analysis.hessian:
+        rec.hessian = {**(rec.hessian or {}), "after": measure_run(run)}
+    tick = time.perf_counter()
+    rec.test_metric = evaluate(run, run.splits["test"], desc="test")
+    timer.eval_s += time.perf_counter() - tick
+    timer.eval_examples += len(run.splits["test"])
+    rec.status = "finished"
+    if run.accelerator.is_main_process:
+        rec.delta = keep_run_delta(run, rec)   # <run_dir>/delta, per trainer.save_delta
 
 
+def evaluate_only(run: Run, rec: RunRecord, timer: Timer) -> None:
+    """A run whose method trains nothing (zero-shot): validation and test metrics of the model as
+    loaded; no epochs, no optimizer step, no delta."""
+    run.handle.model.to(run.device)   # nothing trains: no DDP/FSDP wrapping, each process holds the model
+    tick = time.perf_counter()
+    rec.val_metric = (evaluate(run, run.splits["validation"], desc="validation")
+                      if run.splits["validation"] else math.nan)
+    rec.test_metric = evaluate(run, run.splits["test"], desc="test")
+    timer.eval_s += time.perf_counter() - tick
+    timer.eval_examples += len(run.splits["validation"]) + len(run.splits["test"])
+    rec.status = "finished"
 
 
 def better_epoch(select_by: str, val: float, val_loss: float, best_val: float, best_loss: float) -> bool:
@@ -87,23 +137,6 @@ def better_epoch(select_by: str, val: float, val_loss: float, best_val: float, b
     if select_by == "last":
         return True
     raise unknown_choice("trainer.select_epoch_by", select_by, EPOCH_SELECTIONS)
-
-
-@torch.no_grad()
-def validation_loss(run: Run) -> float:
-    """The training objective on the validation split (mean over examples), sharded over processes."""
-    acc, model = run.accelerator, run.model
-    was_training = model.training
-    model.eval()
-    shard = run.splits["validation"][acc.process_index:: acc.num_processes]
-    with acc.autocast():
-        mean = run.objective.mean_loss(model, shard, int(run.cfg.trainer.eval_batch_size), run.device) if shard else 0.0
-    parts = [(mean * len(shard), len(shard))]
-    if acc.num_processes > 1:
-        parts = acc.gather_for_metrics(parts, use_gather_object=True)
-    if was_training:
-        model.train()
-    return sum(t for t, _ in parts) / max(sum(n for _, n in parts), 1)
 
 
 def _finite_gradients(params: list[torch.Tensor]) -> bool:
@@ -129,16 +162,16 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None],
     opt, sched = acc.prepare(opt, build_scheduler(opt, cfg.optim, total_steps(cfg, len(run.splits["train"]))))
     params = run.handle.trainable_parameters()
     best_val, best_loss, best_state = -math.inf, math.inf, None
-    select_by = str(cfg.trainer.get("select_epoch_by", "val_metric"))
+    select_by = str(config_value(cfg, "trainer.select_epoch_by"))
     if not run.splits["validation"] and select_by != "last":
         # Nothing to choose an epoch by: the last one is tested (never silently the first).
         log.warning("no validation examples: testing the last epoch (trainer.select_epoch_by=last)")
         select_by = "last"
     # trainer.nonfinite_steps: `stop` ends the run at the first non-finite loss; `skip` skips such steps
     # as fp16 dynamic loss scaling does and stops only where DeepSpeed would (rmpeft/loss_scaling.py).
-    overflows = OverflowBudget() if cfg.trainer.get("nonfinite_steps", "stop") == "skip" else None
+    overflows = OverflowBudget() if config_value(cfg, "trainer.nonfinite_steps") == "skip" else None
     step, first_epoch = 0, 1
-    resumable = (bool(cfg.trainer.get("resume", True)) and acc.distributed_type not in _SHARDED
+    resumable = (bool(config_value(cfg, "trainer.resume")) and acc.distributed_type not in _SHARDED
                  and rec.run_dir is not None)
     state = resume.load(rec.run_dir, rec.identity_hash) if resumable else None
     if state is not None:   # an interrupted attempt of this run: continue after its last completed epoch
@@ -229,168 +262,3 @@ def fit(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None],
             p.copy_(b.to(p.device))
     rec.val_metric = best_val
     return final
-
-
-def _evaluate_only(run: Run, rec: RunRecord, timer: Timer) -> None:
-    """A run whose method trains nothing (zero-shot): validation and test metrics of the model as
-    loaded; no epochs, no optimizer step, no delta."""
-    run.handle.model.to(run.device)   # nothing trains: no DDP/FSDP wrapping, each process holds the model
-    tick = time.perf_counter()
-    rec.val_metric = (evaluate(run, run.splits["validation"], desc="validation")
-                      if run.splits["validation"] else math.nan)
-    rec.test_metric = evaluate(run, run.splits["test"], desc="test")
-    timer.eval_s += time.perf_counter() - tick
-    timer.eval_examples += len(run.splits["validation"]) + len(run.splits["test"])
-    rec.status = "finished"
-
-
-def _finish(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None]) -> None:
-    """Train, then (unless diverged) measure and test at the best epoch; fills ``rec``. A method
-    that trains nothing is only evaluated."""
-    timer = Timer()
-    if not run.trains:
-        save()
-        _evaluate_only(run, rec, timer)
-    else:
-        _train_and_test(run, rec, logger, save, timer)
-    rec.method_state = run.handle.state_for_record()
-    timer.fill(rec)
-    rec.peak_mem_bytes = peak_memory(run.device)
-    rec.max_batch_tokens = getattr(run.objective, "max_batch_tokens", 0) or None
-
-
-def _train_and_test(run: Run, rec: RunRecord, logger: RunLogger, save: Callable[[], None], timer: Timer) -> None:
-    """Train, then (unless diverged) measure and test at the best epoch."""
-    cfg = run.cfg
-    initial = snapshot(run.handle.trainable_parameters())
-    if cfg.analysis.hessian:
-        rec.hessian = {"before": measure_run(run)}
-    save()
-    try:
-        final = fit(run, rec, logger, save, timer)
-    except Diverged as e:
-        rec.status, rec.error = "diverged", str(e)
-    else:
-        rec.distance_from_init = l2_distance(initial, final)
-        if cfg.analysis.hessian:
-            rec.hessian = {**(rec.hessian or {}), "after": measure_run(run)}
-        tick = time.perf_counter()
-        rec.test_metric = evaluate(run, run.splits["test"], desc="test")
-        timer.eval_s += time.perf_counter() - tick
-        timer.eval_examples += len(run.splits["test"])
-        rec.status = "finished"
-        if run.accelerator.is_main_process:
-            rec.delta = keep_run_delta(run, rec)   # <run_dir>/delta, per trainer.save_delta
-
-
-def _build_and_finish(cfg: DictConfig, accelerator: Any, rec: RunRecord, logger: RunLogger,
-                      save: Callable[[], None]) -> None:
-    """Build the run, then train and test it (or only evaluate it); fills ``rec``."""
-    run = build_run(cfg, accelerator)
-    rec.total_params, rec.trainable_params = run.total_params, run.handle.num_trainable()
-    rec.trainable_share = rec.trainable_params / run.total_params
-    rec.split_sizes = {k: len(v) for k, v in run.splits.items()}
-    if accelerator.is_main_process:
-        log.info("%s: %d / %d trainable parameters (%.4f%%) -> %s", cfg.method.name, rec.trainable_params,
-                 run.total_params, 100 * rec.trainable_share, rec.run_dir)
-    _finish(run, rec, logger, save)
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one config end to end and return its record (also written to ``<run_dir>/record.json``).
-
-    A run whose record is already finished (or diverged) is skipped unless ``force=true``; a forced
-    rerun writes beside the old result and replaces it only with a new finished one (or, over a
-    diverged one, with any new result). A launch of a run that another live process holds stops with
-    one line (:class:`rmpeft.run_folder.RunLock`). A run that raises is recorded as failed (with the
-    error) and the exception propagates.
-    """
-    check_config(cfg)
-    cfg = resolve_run_config(cfg)   # `auto` fields and local data as this machine resolves them
-    folder = records.run_dir(cfg)
-    try:
-        existing = records.read_record(folder)
-        if existing is not None:
-            records.check_result(existing, folder / records.RECORD_FILE)
-    except RmpeftError:
-        if not cfg.force:   # a corrupt record is reported, never silently replaced
-            raise
-        existing = None
-    if existing and existing["status"] in records.DONE_STATUSES and not cfg.force:
-        log.info("skipping %s: already %s (force=true reruns it)", folder, existing["status"])
-        existing["skipped"] = True
-        return existing
-    replacing = existing["status"] if existing and existing["status"] in records.DONE_STATUSES else None
-
-    started = time.time()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    identity = records.identity_hash(cfg)
-    rec = RunRecord(status="running", config=resolved, run_dir=str(folder), identity_hash=identity,
-                    metric=cfg.task.get("metric"), started_at=_now(), versions=records.versions(),
-                    git_commit=records.git_commit())
-    accelerator, _ = make_accelerator(cfg)
-    is_main = accelerator.is_main_process
-    claim = RunLock(folder, records.STALE_AFTER_S)
-    if is_main:
-        claim.acquire()
-        if cfg.force:
-            resume.discard(folder)   # a forced rerun starts afresh
-    # a relaunch that will resume logs into the interrupted attempt's wandb run
-    resuming = existing and (folder / resume.RESUME_FILE).exists() and existing.get("wandb_id")
-    rec.wandb_id = existing["wandb_id"] if resuming else resume.new_wandb_id(identity)
-    # A forced rerun of a result writes its record beside it until it has a result of its own.
-    record_name = records.NEXT_RECORD_FILE if replacing else records.RECORD_FILE
-    if is_main and not replacing:   # an earlier rerun's leftover attempt: this run's record is record.json
-        (folder / records.NEXT_RECORD_FILE).unlink(missing_ok=True)
-
-    writing = threading.Lock()   # the heartbeat thread writes the record too
-
-    def save() -> None:
-        if is_main:
-            with writing:
-                rec.wall_s = round(time.time() - started, 3)
-                rec.heartbeat_at = _now()
-                records.write_record(folder, rec, record_name)
-                claim.beat()
-
-    try:
-        save()
-        logger = build_logger(cfg, rec.wandb_id) if is_main else RunLogger()
-        logger.log_config(resolved)
-        try:
-            with Heartbeat(save, records.HEARTBEAT_S):
-                _build_and_finish(cfg, accelerator, rec, logger, save)
-        except BaseException as e:
-            rec.status, rec.error, rec.finished_at = "failed", f"{type(e).__name__}: {e}".splitlines()[0], _now()
-            save()
-            logger.log_summary(rec.to_dict())
-            logger.finish()
-            raise
-        rec.finished_at = _now()
-        save()
-        if is_main:
-            resume.discard(folder)   # the run has a result
-        if is_main and replacing:
-            _settle_rerun(folder, replacing, rec.status)
-    finally:
-        if is_main and replacing and rec.status != "running":
-            records.discard_next_delta(folder)
-        claim.release()
-    out = records.to_json_dict(rec)
-    logger.log_summary(out)
-    logger.finish()
-    if is_main:
-        log.info("%s: status=%s best_epoch=%s val=%s test=%s", folder, rec.status, rec.best_epoch,
-                 rec.val_metric, rec.test_metric)
-    return out
-
-
-def _settle_rerun(folder: Any, old_status: str, new_status: str) -> None:
-    """After a forced rerun: its result replaces the old one when it is finished, or when the old one
-    was diverged and the new one is a result too; otherwise the old result stays and the attempt's
-    record is kept beside it."""
-    if new_status == "finished" or (old_status == "diverged" and new_status in records.DONE_STATUSES):
-        records.promote_next(folder)
-    else:
-        log.warning("%s: the rerun ended %s; the %s result is kept (this attempt: %s)", folder, new_status,
-                    old_status, records.NEXT_RECORD_FILE)

@@ -5,7 +5,9 @@ ranges, choices) so that a bad value ends in one line naming the field, the bad 
 valid, before a finished record is looked up and before any model or data loads.
 
 A field is described by a :class:`Spec`. The common fields are listed in :data:`COMMON_FIELDS`; a
-method adds its own through its ``config_fields`` class attribute (see ``rmpeft.methods``).
+method adds its own through its ``config_fields`` class attribute (see ``rmpeft.methods``), and the
+fields whose choices come from a registry (``model.family``, ``task.kind``, ``task.metric``) are given by
+the layers that own those registries (``rmpeft.run.registry_fields``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from omegaconf.errors import OmegaConfBaseException, UnsupportedInterpolationTyp
 
 from rmpeft.errors import RmpeftError
 from rmpeft.identity import as_dict, get_path
+from rmpeft.lr_auto.estimators import ESTIMATORS
+from rmpeft.lr_auto.settings import AUTO as AUTO_LR
 from rmpeft.optim import OPTIMIZERS, SCHEDULERS
 
 _MISSING = object()
@@ -38,6 +42,7 @@ class Spec:
     choices: tuple[str, ...] = ()     # kind="choice"
     nullable: bool = False
     required: bool = True             # a missing field is an error
+    words: tuple[str, ...] = ()       # words accepted besides a value of ``kind`` (optim.lr: auto)
 
     def describe(self) -> str:
         if self.kind == "choice":
@@ -50,7 +55,7 @@ class Spec:
                 lo = "(" if self.low_open else "["
                 text += f" in {lo}{'-inf' if self.low is None else _num(self.low)}, " \
                         f"{'inf' if self.high is None else _num(self.high)}]"
-        return text + (" or null" if self.nullable else "")
+        return text + "".join(f" or {w}" for w in self.words) + (" or null" if self.nullable else "")
 
 
 def _num(x: float) -> str:
@@ -71,6 +76,7 @@ def Choice(*choices: str, nullable: bool = False) -> Spec:  # noqa: N802
 
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")           # trainer.precision (rmpeft.models.resolve_precision)
 EPOCH_SELECTIONS = ("val_metric", "val_loss", "last")   # trainer.select_epoch_by
 SAVE_DELTA = ("auto", "always", "never")                # trainer.save_delta
 NONFINITE_STEPS = ("stop", "skip")                      # trainer.nonfinite_steps
@@ -101,10 +107,7 @@ COMMON_FIELDS: dict[str, Spec] = {
     "model.random_init": BOOL,
     "model.first_token_id": Spec("int", low=0, nullable=True, required=False),
     "protocol.name": Spec("choice", choices=("clean", "paper"), required=False),
-    "model.family": Spec("choice", choices=("causal_lm", "clip"), required=False),
     "task.name": STR,
-    "task.kind": Choice("classification", "multiple_choice", "generation", "image_classification"),
-    "task.metric": Choice("accuracy", "f1"),
     "task.num_train": Int(1, nullable=True),
     "task.num_val": Int(1, nullable=True),
     "task.num_test": Int(1, nullable=True),
@@ -117,7 +120,11 @@ COMMON_FIELDS: dict[str, Spec] = {
     "task.train_augment": Spec("choice", choices=TRAIN_AUGMENTS, required=False),
     "logger.name": Spec("choice", choices=LOGGERS, required=False),
     "optim.name": Choice(*OPTIMIZERS),
-    "optim.lr": Float(0, LR_MAX, low_open=True),
+    "optim.lr": Spec("float", low=0, high=LR_MAX, low_open=True, words=(AUTO_LR,)),
+    "optim.lr_auto.estimator": Spec("choice", choices=tuple(ESTIMATORS), required=False),
+    "optim.lr_auto.batches": Spec("int", low=1, required=False),
+    "optim.lr_auto.power_iters": Spec("int", low=1, required=False),
+    "optim.lr_auto.constant": Spec("float", low=0, low_open=True, nullable=True, required=False),
     "optim.betas": Spec("float_pair", low=0, high=1),
     "optim.eps": Float(0, low_open=True),
     "optim.weight_decay": Float(0),
@@ -133,7 +140,7 @@ COMMON_FIELDS: dict[str, Spec] = {
     "trainer.gradient_checkpointing": Spec("bool", required=False),
     "trainer.max_length": Int(2),
     "trainer.max_new_tokens": Int(1),
-    "trainer.precision": Choice("auto", "fp32", "bf16", "fp16"),
+    "trainer.precision": Choice(*PRECISIONS),
     "trainer.device": Choice(*DEVICES),
     "trainer.save_delta": Spec("choice", choices=SAVE_DELTA, required=False),
     "trainer.progress": BOOL,
@@ -156,7 +163,7 @@ def check_value(field: str, value: Any, spec: Spec) -> None:
             return
         raise _bad(field, value, spec)
     kind = spec.kind
-    if kind == "any":
+    if kind == "any" or (isinstance(value, str) and value in spec.words):
         return
     if kind == "bool":
         ok = isinstance(value, bool)
@@ -288,11 +295,14 @@ def check_batching(cfg: Any, processes: int | None = None) -> None:
 
 
 def validate(cfg: Any, method_fields: Mapping[str, Spec] | None = None,
-             extra_checks: Iterable[Callable[[Any], None]] = (), files: bool = True) -> None:
+             extra_checks: Iterable[Callable[[Any], None]] = (), files: bool = True,
+             registered: Mapping[str, Spec] | None = None) -> None:
     """Check a composed run config; raises a one-line :class:`RmpeftError` at the first bad value.
-    ``files=False`` leaves out the checks of paths on this machine (model, data, results folders)."""
+    ``registered``: the fields whose choices are a registry's names; ``files=False`` leaves out the
+    checks of paths on this machine (model, data, results folders)."""
     cfg = resolved(cfg)
     check_fields(cfg, COMMON_FIELDS)
+    check_fields(cfg, registered or {})
     check_fields(cfg, method_fields or {}, prefix="method.")
     if files:
         check_model_path(get_path(cfg, "model.name_or_path"))

@@ -1,4 +1,5 @@
-"""Shared fixtures: Hydra compose helper, temporary results/cache folders, the real-data folder."""
+"""Shared fixtures (temporary results/cache folders, the real-data folder) and the test process's
+environment. Helpers that test modules import live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests.helpers import SHARED_DATA
 
 torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -19,13 +18,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never write the user's cache (materialised models, the sparse engine's strategy decisions).
 os.environ["RMPEFT_CACHE"] = tempfile.mkdtemp(prefix="rmpeft-test-cache-")
-
-
-def compose_train(overrides: list[str]):
-    """The resolved `train` config for the given command-line overrides (Hydra compose API)."""
-    from rmpeft.config import compose_config
-
-    return compose_config(overrides)
 
 
 @pytest.fixture(scope="session")
@@ -51,19 +43,3 @@ def shared_data() -> Path:
         pytest.skip(f"real task data not available at {SHARED_DATA}")
     return SHARED_DATA
 
-
-def interrupt_training_at(monkeypatch, n: int):
-    """Make the n-th training micro-batch raise KeyboardInterrupt (Ctrl-C, or a job killed for requeue);
-    returns the real loss function."""
-    import rmpeft.trainer as trainer
-
-    real, calls = trainer.batch_loss, []
-
-    def loss(run, batch):
-        calls.append(1)
-        if len(calls) == n:
-            raise KeyboardInterrupt
-        return real(run, batch)
-
-    monkeypatch.setattr(trainer, "batch_loss", loss)
-    return real

@@ -15,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalL
 
 from rmpeft.errors import RmpeftError
 from rmpeft.methods import MethodContext, get_method
-from tests.conftest import compose_train
+from tests.helpers import compose_train
 
 # peft calls a transformers helper that transformers 5 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from rmpeft.bench import main
-from rmpeft.bench.cli import available_names
 from rmpeft.bench.report import check_targets, summarize
-from rmpeft.bench.steps import Row, expected_state_bytes
+from rmpeft.bench.steps import BenchRow
+from tests.helpers import expected_state_bytes
 from rmpeft.bench.workload import DTYPES, build_model
 from rmpeft.config import group_choices
 from rmpeft.models import build_model_on_meta, count_parameters
-from rmpeft.sparse import strategy_tuning
+from rmpeft.sparse import available_backends, strategy_tuning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_small_rows_and_columns(small_rows):
 
 
 def test_rounds_report_median_spread_and_within_round_ratios():
-    rows = [Row("floor"), Row("masking", 0.01, "torch"), Row("lora")]
+    rows = [BenchRow("floor"), BenchRow("masking", 0.01, "torch"), BenchRow("lora")]
     times = {"floor/None/None": [[1.0, 1.2, 1.1], [2.0, 2.0], [1.0]],     # round 2: the machine slowed down
              "masking/0.01/torch": [[1.05], [2.2], [1.1]],
              "lora/None/None": [[1.0], [2.0], [1.0]]}
@@ -135,7 +135,7 @@ def test_bad_arguments(capsys):
     assert "opt-125m" in err and "small" in err
     assert main(["--small", "--backends", "cusparse"]) == 2
     assert "unknown --backends 'cusparse'; valid choices: dense, spops, torch, triton" in capsys.readouterr().err
-    if "triton" not in available_names("cpu"):
+    if "triton" not in available_backends(torch.device("cpu")):
         assert main(["--small", "--backends", "triton"]) == 2
         assert "--backends triton: not available on cpu (available: torch, dense)" in capsys.readouterr().err
     if not torch.cuda.is_available():
@@ -252,7 +252,7 @@ def test_rows_take_their_steps_in_turn_on_their_own_copies(monkeypatch):
 
     model = build_model("small", DTYPES["fp32"], torch.device("cpu"))
     before = {n: p.clone() for n, p in model.state_dict().items()}
-    rows = [Row("floor"), Row("masking", 0.001, "torch"), Row("lora")]
+    rows = [BenchRow("floor"), BenchRow("masking", 0.001, "torch"), BenchRow("lora")]
     seen = []
     real = steps_mod._timed_step
 

@@ -14,7 +14,7 @@ from rmpeft.identity import identity_hash
 from rmpeft.models import resolve_precision
 from rmpeft.run import build_run, make_accelerator
 from rmpeft.trainer import train
-from tests.conftest import compose_train
+from tests.helpers import compose_train
 
 
 def test_bf16_on_cpu_runs_under_autocast(smoke_overrides):

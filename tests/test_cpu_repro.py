@@ -8,7 +8,7 @@ from collections import defaultdict
 from rmpeft import records
 from rmpeft.config import CONF_DIR
 from rmpeft.sweeps.spec import load_sweep
-from tests.conftest import compose_train
+from tests.helpers import compose_train
 
 SWEEP = CONF_DIR.parent / "sweeps" / "cpu-repro.yaml"
 

@@ -1,5 +1,6 @@
-"""Trained deltas, for every `conf/method` choice: kept by the run, exported, re-evaluated to the
-record's exact metrics, merged into a plain checkpoint; wrong bases and damaged files refused."""
+"""Trained deltas, for every `conf/method` choice on the tiny model of every model family: kept by the
+run, exported, re-evaluated (on a fresh cache) to the record's exact metrics, merged into a plain
+checkpoint; wrong bases and damaged files refused."""
 
 from __future__ import annotations
 
@@ -14,16 +15,21 @@ from rmpeft import records
 from rmpeft.config import group_choices
 from rmpeft.deltas.cli import eval_main, export_main, merge_main
 from rmpeft.deltas.evaluate import eval_config
-from rmpeft.deltas.format import META_FILE, TENSOR_FILE, open_delta, tensor_files
+from rmpeft.methods.delta_format import META_FILE, TENSOR_FILE, open_delta, tensor_files
 from rmpeft.errors import RmpeftError
 from rmpeft.methods import MethodContext, get_method
 from rmpeft.models import count_parameters, load_model_and_tokenizer
 from rmpeft.trainer import train
-from tests.conftest import compose_train
+from tests.helpers import compose_train
+from tests.model_matrix import MODELS, model_method_pairs
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
 CHOICES = [m for m in group_choices("method") if get_method(m).trains]   # zero-shot keeps no delta
+# A short run of each model: the image classifier on a small part of its task.
+MODEL_OVERRIDES = {"tiny-opt": (), "tiny-llama": ("model=tiny-llama",),
+                   "tiny-clip": ("model=tiny-clip", f"task={MODELS['tiny-clip']}", "task.full_train=false",
+                                 "task.num_train=32", "task.num_val=16", "task.num_test=16")}
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +42,19 @@ def _overrides(root, *extra: str) -> list[str]:
             "trainer.progress=false", "trainer.epochs=2", "trainer.save_delta=always", *extra]
 
 
-_RUNS: dict[str, tuple] = {}
+_RUNS: dict[tuple[str, str], tuple] = {}
 
 
-def trained(root, method: str):
-    """(config, record, exported delta folder) of a short tiny-opt run of ``method`` (once per module)."""
-    if method not in _RUNS:
-        cfg = compose_train(_overrides(root, f"method={method}"))
+def trained(root, method: str, model: str = "tiny-opt"):
+    """(config, record, exported delta folder) of a short run of ``method`` on ``model`` (once per module)."""
+    if (model, method) not in _RUNS:
+        cfg = compose_train(_overrides(root, *MODEL_OVERRIDES[model], f"method={method}"))
         rec = train(cfg)
         assert rec["status"] == "finished", rec["error"]
-        out = root / f"{method}.delta"
+        out = root / f"{model}-{method}.delta"
         assert export_main([rec["run_dir"], "--out", str(out)]) == 0
-        _RUNS[method] = (cfg, rec, out)
-    return _RUNS[method]
+        _RUNS[model, method] = (cfg, rec, out)
+    return _RUNS[model, method]
 
 
 def _one_line_error(capsys) -> str:
@@ -57,15 +63,16 @@ def _one_line_error(capsys) -> str:
     return err[0]
 
 
-@pytest.mark.parametrize("method", CHOICES)
-def test_run_keeps_its_delta_and_eval_reproduces_its_metrics(root, method, capsys):
-    cfg, rec, out = trained(root, method)
+@pytest.mark.parametrize("model,method", model_method_pairs(CHOICES))
+def test_run_keeps_its_delta_and_eval_reproduces_its_metrics(root, model, method, capsys):
+    cfg, rec, out = trained(root, method, model)
     assert rec["delta"]["bytes"] > 0 and (records.run_dir(cfg) / "delta" / META_FILE).is_file()
     delta = open_delta(out)
     assert delta.fingerprint == rec["delta"]["fingerprint"]
     assert delta.meta["run"]["identity_hash"] == rec["identity_hash"]
     assert delta.meta["run"]["test_metric"] == rec["test_metric"]
-    assert eval_main([str(out), f"results_root={root / 'runs'}"]) == 0
+    # a cache of its own: the base model is materialised and fingerprinted again by its family
+    assert eval_main([str(out), f"results_root={root / 'runs'}", f"cache_dir={root / model / 'eval-cache'}"]) == 0
     capsys.readouterr()
     (path,) = [p for p in (root / "runs").rglob("record.json")
                if json.loads(p.read_text()).get("config", {}).get("evaluation", {}).get("delta") == delta.content_hash]
@@ -76,8 +83,11 @@ def test_run_keeps_its_delta_and_eval_reproduces_its_metrics(root, method, capsy
     assert ev["identity_hash"] != rec["identity_hash"]
 
 
-def _patched_and_merged_logits(root, method: str):
-    cfg, _, out = trained(root, method)
+CAUSAL_LMS = ("tiny-opt", "tiny-llama")
+
+
+def _patched_and_merged_logits(root, method: str, model_name: str = "tiny-opt"):
+    cfg, _, out = trained(root, method, model_name)
     delta = open_delta(out)
     model, tok = load_model_and_tokenizer(cfg.model, cfg.cache_dir)
     ctx = MethodContext(seed=int(cfg.seed), total_params=count_parameters(model), total_steps=1, tokenizer=tok)
@@ -88,12 +98,15 @@ def _patched_and_merged_logits(root, method: str):
     return delta, out, ids, patched
 
 
-@pytest.mark.parametrize("method", [m for m in CHOICES if get_method(m).mergeable])
-def test_merged_checkpoint_loads_with_plain_transformers(root, method, capsys):
+MERGEABLE = [m for m in CHOICES if get_method(m).mergeable]
+
+
+@pytest.mark.parametrize("model,method", model_method_pairs(MERGEABLE, CAUSAL_LMS))
+def test_merged_checkpoint_loads_with_plain_transformers(root, model, method, capsys):
     from transformers import AutoModelForCausalLM
 
-    _, out, ids, patched = _patched_and_merged_logits(root, method)
-    merged_dir = root / f"{method}.merged"
+    _, out, ids, patched = _patched_and_merged_logits(root, method, model)
+    merged_dir = root / f"{model}-{method}.merged"
     assert merge_main([str(out), "--out", str(merged_dir)]) == 0
     capsys.readouterr()
     assert not (merged_dir / "adapter_config.json").exists()
@@ -101,9 +114,17 @@ def test_merged_checkpoint_loads_with_plain_transformers(root, method, capsys):
     with torch.no_grad():
         plain = merged(input_ids=ids).logits
     torch.testing.assert_close(plain, patched, rtol=1e-5, atol=1e-5)
-    base, _ = load_model_and_tokenizer(trained(root, method)[0].model, trained(root, method)[0].cache_dir)
+    cfg = trained(root, method, model)[0]
+    base, _ = load_model_and_tokenizer(cfg.model, cfg.cache_dir)
     with torch.no_grad():
         assert not torch.allclose(base.eval()(input_ids=ids).logits, plain)   # the update is in the weights
+
+
+def test_an_image_classifier_delta_refuses_to_merge_with_one_line(root, capsys):
+    _, _, out = trained(root, "masking", "tiny-clip")
+    assert merge_main([str(out), "--out", str(root / "tiny-clip-masking.merged")]) == 2
+    assert "only causal-LM deltas merge" in _one_line_error(capsys)
+    assert not (root / "tiny-clip-masking.merged").exists()
 
 
 @pytest.mark.parametrize("method", [m for m in CHOICES if not get_method(m).mergeable])
@@ -114,12 +135,13 @@ def test_unmergeable_methods_refuse_with_one_line(root, method, capsys):
     assert not (root / f"{method}.merged").exists()
 
 
-def test_peft_deltas_load_with_plain_peft(root):
+@pytest.mark.parametrize("model_name", CAUSAL_LMS)
+def test_peft_deltas_load_with_plain_peft(root, model_name):
     from peft import PeftModel
 
     for method, kind in (("lora", "LORA"), ("adalora", "ADALORA"), ("prefix", "PREFIX_TUNING")):
-        cfg, _, out = trained(root, method)
-        _, _, ids, patched = _patched_and_merged_logits(root, method)
+        cfg, _, out = trained(root, method, model_name)
+        _, _, ids, patched = _patched_and_merged_logits(root, method, model_name)
         model, _ = load_model_and_tokenizer(cfg.model, cfg.cache_dir)
         peft_model = PeftModel.from_pretrained(model, str(out)).eval()
         assert peft_model.peft_config["default"].peft_type.value == kind
@@ -319,7 +341,7 @@ def test_eval_refuses_unknown_fields_and_bad_values(root, capsys, override, matc
 def test_version_1_deltas_still_open(root, tmp_path):
     """Version 1 listed the tensor files only; peft's side files stayed unlisted (and still count in the
     content hash)."""
-    from rmpeft.deltas.format import PEFT_FILES, delta_fingerprint
+    from rmpeft.methods.delta_format import PEFT_FILES, delta_fingerprint
 
     _, _, out = trained(root, "lora")
     old = tmp_path / "v1.delta"

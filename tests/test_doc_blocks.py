@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rmpeft.reporting.doc_blocks import BLOCK, main
 from rmpeft.records import run_dir, write_record
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _results(root, test):

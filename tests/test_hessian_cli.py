@@ -9,9 +9,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from rmpeft import records
-from rmpeft.analysis import hessian_cli
+from rmpeft import hessian_cli
 from rmpeft.errors import RmpeftError
-from tests.conftest import compose_train
+from tests.helpers import compose_train
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def _exact_top_eigenvalue(run_dir, trained: bool) -> float:
     from rmpeft.sparse import use_backend
     from rmpeft.analysis.sharpness import hessian_loss_fn
     from rmpeft.deltas.apply import build_delta_run
-    from rmpeft.deltas.format import open_delta
+    from rmpeft.methods.delta_format import open_delta
     from rmpeft.run import build_run
 
     cfg = OmegaConf.create(records.read_record(run_dir)["config"])

@@ -18,11 +18,14 @@ from rmpeft.objectives import build_objective
 from rmpeft.run import build_run, check_config, draws_dropout, enable_checkpointing
 from rmpeft.scoring import paths
 from rmpeft.trainer import train
-from tests.conftest import compose_train
+from tests.helpers import compose_train
 from tests.test_scoring_paths import ATOL, CHOICE, GEN, MAX_LENGTH, MULTI, TINY_LLAMA, _model, reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning",
                                         "ignore:.*gradient_checkpointing_enable.*:FutureWarning")
+
+# The trainer fields an objective reads (conf/train.yaml's `trainer`), at this test's sizes.
+TRAINER = {"max_length": MAX_LENGTH, "max_new_tokens": 4, "eval_max_tokens": None}
 
 # task kind -> (task config, examples)
 KINDS = {
@@ -58,7 +61,7 @@ def test_train_parts_give_the_micro_batch_loss_and_gradient(kind, task, cache_di
     model, tok = _model(kind, cache_dir)
     task_cfg, examples = KINDS[task]
     objective = build_objective(OmegaConf.create(task_cfg), tok, OmegaConf.create(
-        {"max_length": MAX_LENGTH, "train_max_tokens": 40}))
+        {**TRAINER, "train_max_tokens": 40}))
     batch = objective.collate(examples)
     parts = objective.train_parts(batch)
     assert len(parts) > 1 and sum(s for _, s in parts) == pytest.approx(1.0)
@@ -79,7 +82,7 @@ def test_no_bound_or_a_small_batch_is_one_part(cache_dir):
     _, tok = _model("opt", cache_dir)
     for bound in (None, 10_000):
         objective = build_objective(OmegaConf.create({"kind": "multiple_choice"}), tok,
-                                    OmegaConf.create({"max_length": MAX_LENGTH, "train_max_tokens": bound}))
+                                    OmegaConf.create({**TRAINER, "train_max_tokens": bound}))
         batch = objective.collate(MULTI)
         assert objective.train_parts(batch) == [(batch, 1.0)]
 
@@ -115,7 +118,7 @@ def test_checkpointing_gives_the_same_loss_and_gradients(kind, task, cache_dir):
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(base.state_dict())
     task_cfg, examples = KINDS[task]
-    objective = build_objective(OmegaConf.create(task_cfg), tok, OmegaConf.create({"max_length": MAX_LENGTH}))
+    objective = build_objective(OmegaConf.create(task_cfg), tok, OmegaConf.create(TRAINER))
     batch = objective.collate(examples)
     model.train()   # dropout on (tiny-opt): checkpointing must replay the same masks
     results = []

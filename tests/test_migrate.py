@@ -7,7 +7,7 @@ from rmpeft.migrate import main, migrate
 def _legacy(root, seed, r):
     cfg = {"results_root": str(root), "name": "exp", "model": {"name": "m"}, "task": {"name": "t"},
            "method": {"name": "lora", "r": r}, "optim": {"lr": 0.01}, "seed": seed}
-    folder = records.legacy_run_dir(cfg)
+    folder = records.unhashed_run_dir(cfg)
     records.write_record(folder, {"status": "finished", "config": cfg, "test_metric": 0.5})
     (folder / "trainable.pt").write_bytes(b"x")
     return cfg, folder

@@ -12,7 +12,7 @@ from rmpeft.models import (
     load_model_and_tokenizer,
     materialize_random_model,
 )
-from tests.conftest import CONF_DIR
+from tests.helpers import CONF_DIR
 
 # Public parameter counts of the real checkpoints (tied input/output embeddings counted once).
 EXPECTED_TOTALS = {"opt-125m": 125_239_296, "opt-1.3b": 1_315_758_080, "opt-13b": 12_853_473_280,

@@ -8,7 +8,7 @@ import torch
 
 import rmpeft.trainer as trainer
 from rmpeft.loss_scaling import OverflowBudget
-from tests.conftest import compose_train
+from tests.helpers import compose_train
 
 FAST = ["trainer.epochs=1", "task.num_train=48", "task.num_val=8", "task.num_test=8", "trainer.batch_size=4"]
 

@@ -16,10 +16,10 @@ from rmpeft.errors import RmpeftError
 from rmpeft.methods import METHODS
 from rmpeft.objectives import OBJECTIVES, ChoiceObjective, GenerationObjective, Objective, build_objective
 from rmpeft.run import total_steps
-from tests.conftest import CONF_DIR
+from tests.helpers import CONF_DIR
 
 REPO = Path(__file__).resolve().parent.parent
-TRAINER = {"max_length": 64, "max_new_tokens": 4}
+TRAINER = {"max_length": 64, "max_new_tokens": 4, "eval_max_tokens": None}
 
 
 def test_every_task_kind_has_an_objective_whose_metric_its_configs_use():
@@ -118,7 +118,7 @@ def test_trainer_names_no_task_kind_or_method():
 
 def test_validation_loss_is_the_same_when_token_bounded_batches_split_it(smoke_overrides):
     from rmpeft.run import build_run
-    from tests.conftest import compose_train
+    from tests.helpers import compose_train
 
     run = build_run(compose_train(smoke_overrides + ["task.num_val=12"]))
     examples, obj = run.splits["validation"], run.objective

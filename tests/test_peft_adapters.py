@@ -13,10 +13,10 @@ import torch
 
 from rmpeft import params, records
 from rmpeft.deltas.cli import eval_main, export_main, merge_main
-from rmpeft.deltas.format import open_delta
+from rmpeft.methods.delta_format import open_delta
 from rmpeft.deltas.peft_export import EXPORT_FILE
 from rmpeft.deltas.peft_import import open_adapter
-from rmpeft.deltas.peft_sparse import (
+from rmpeft.methods.peft_sparse import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     folded,
@@ -30,7 +30,7 @@ from rmpeft.methods import MethodContext, get_method
 from rmpeft.models import build_model_on_meta, count_parameters, load_model_and_tokenizer, model_source
 from rmpeft.sparse import sample_positions, split_count
 from rmpeft.trainer import train
-from tests.conftest import compose_train
+from tests.helpers import compose_train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 

@@ -22,8 +22,9 @@ from rmpeft.objectives import CandidateLMObjective, ChoiceObjective
 from rmpeft.records import RunRecord, run_dir, write_record
 from rmpeft.reporting import cli as reporting_cli
 from rmpeft.run import batch_loss, build_run, train_loader
-from rmpeft.trainer import fit, validation_loss
-from tests.conftest import compose_train
+from rmpeft.evaluation import validation_loss
+from rmpeft.trainer import fit
+from tests.helpers import compose_train
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -13,7 +13,7 @@ from rmpeft.errors import RmpeftError
 from rmpeft.identity import identity_hash, run_identity
 from rmpeft.methods import MethodContext, get_method
 from rmpeft.run import check_config
-from tests.conftest import compose_train
+from tests.helpers import compose_train
 
 
 # ------------------------------------------------------------------------------------------------ COPA
@@ -178,7 +178,7 @@ PAPER_SWEEPS = ("table1", "structured", "fig3", "fig4a", "fig4b", "fulltrain", "
 @pytest.mark.parametrize("name", PAPER_SWEEPS)
 def test_paper_sweeps_compose_under_the_paper_protocol(name):
     from rmpeft.sweeps.spec import load_sweep
-    from tests.conftest import REPO
+    from tests.helpers import REPO
     runs = load_sweep(REPO / "sweeps" / f"{name}.yaml").runs()
     assert all("protocol=paper" in run for run in runs)
     # one composed run per method (and ratio band), first and last: the protocol reaches every one
@@ -199,7 +199,7 @@ def test_fig4a_sweep_measures_sharpness_and_distance_on_the_figures_tasks():
     """Figure 4(a) on SST-2 and its analogues on RTE, COPA and WiC (Figures 9-11): every Random Masking
     share of Table 5 and full fine-tuning, with the Hessian measured before and after training."""
     from rmpeft.sweeps.spec import load_sweep
-    from tests.conftest import REPO
+    from tests.helpers import REPO
     runs = [dict(o.split("=", 1) for o in run) for run in load_sweep(REPO / "sweeps" / "fig4a.yaml").runs()]
     assert {r["task"] for r in runs} == {"sst2", "rte", "copa", "wic"}
     assert all(r["analysis.hessian"] == "true" and r["name"] == "fig4a" for r in runs)

@@ -21,7 +21,7 @@ def test_run_dir_is_derived_from_config():
     assert folder.name == f"seed1-{records.identity_hash(_cfg())}" and len(folder.name) == len("seed1-") + 10
     ft = _cfg(method={"name": "ft"}, optim={"lr": 1e-5}, seed=0)
     assert str(records.run_dir(ft).parent) == "R/exp/opt-125m/rte/ft/lr1e-05"
-    assert str(records.legacy_run_dir(ft)) == "R/exp/opt-125m/rte/ft/lr1e-05/seed0"
+    assert str(records.unhashed_run_dir(ft)) == "R/exp/opt-125m/rte/ft/lr1e-05/seed0"
     assert records.run_dir(_cfg(seed=2)) != records.run_dir(_cfg())
     assert records.run_dir(_cfg(method={"name": "masking", "ratio": 0.001})) != records.run_dir(_cfg())
 
@@ -116,7 +116,7 @@ def test_a_finished_record_without_a_numeric_test_metric_is_never_done(smoke_ove
     from rmpeft.resolve import resolve_run_config
     from rmpeft.sweeps.status import SweepRun, refresh_status
     from rmpeft.trainer import train
-    from tests.conftest import compose_train
+    from tests.helpers import compose_train
 
     fast = smoke_overrides + ["trainer.epochs=1", "task.num_train=16", "task.num_val=8", "task.num_test=8"]
     cfg = resolve_run_config(compose_train(fast))

@@ -11,7 +11,7 @@ import rmpeft.trainer as trainer
 from rmpeft import records
 from rmpeft.resolve import resolve_run_config
 from rmpeft.resume import RESUME_FILE
-from tests.conftest import compose_train, interrupt_training_at
+from tests.helpers import compose_train, interrupt_training_at
 
 RUN = ["trainer.epochs=3", "task.num_train=24", "task.num_val=8", "task.num_test=8", "trainer.batch_size=4",
        "trainer.save_delta=always"]

@@ -15,7 +15,7 @@ from rmpeft import records
 from rmpeft.errors import RmpeftError
 from rmpeft.resolve import resolve_run_config
 from rmpeft.run_folder import LOCK_FILE, RunLock
-from tests.conftest import compose_train, interrupt_training_at
+from tests.helpers import compose_train, interrupt_training_at
 
 FAST = ["trainer.epochs=1", "task.num_train=16", "task.num_val=8", "task.num_test=8", "trainer.save_delta=always"]
 

@@ -13,7 +13,7 @@ import pytest
 from rmpeft import records
 from rmpeft.errors import RmpeftError
 from rmpeft.trainer import train
-from tests.conftest import REPO, compose_train
+from tests.helpers import REPO, compose_train
 
 FAST = ["trainer.epochs=1", "task.num_train=16", "task.num_val=8", "task.num_test=8"]
 
@@ -197,7 +197,7 @@ def test_records_from_before_resolution_migrate_to_where_a_relaunch_looks(tmp_pa
         assert records.identity_hash(old) == records.identity_hash(new), entry["overrides"]
     entry = stored[1]
     config = {**entry["config"], "results_root": str(tmp_path)}
-    folder = records.legacy_run_dir(config)
+    folder = records.unhashed_run_dir(config)
     records.write_record(folder, {"status": "finished", "config": config, "test_metric": 0.5})
     assert migrate(tmp_path, apply=True, say=lambda s: None) == 1
     relaunch = resolve_run_config(compose_train(entry["overrides"] + [f"results_root={tmp_path}"]))

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from rmpeft import scoring
 from rmpeft.data import Example
 from rmpeft.models import load_model_and_tokenizer
-from tests.conftest import CONF_DIR
+from tests.helpers import CONF_DIR
 
 
 def _tiny(cache_dir):

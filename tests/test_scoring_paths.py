@@ -18,7 +18,7 @@ from rmpeft.data import Example
 from rmpeft.methods import MethodContext, get_method
 from rmpeft.models import count_parameters, hf_config_from_arch, load_model_and_tokenizer
 from rmpeft.scoring import paths
-from tests.conftest import CONF_DIR, compose_train
+from tests.helpers import CONF_DIR, compose_train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 

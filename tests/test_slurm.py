@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from rmpeft import records
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slurm
 

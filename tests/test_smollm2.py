@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, compose_train
+from tests.helpers import SHARED_DATA, compose_train
 
 from rmpeft.errors import RmpeftError
 from rmpeft.gguf_models import packaged_gguf_file

@@ -17,7 +17,7 @@ from rmpeft.errors import RmpeftError
 from rmpeft.sparse import available_backends, get_backend, strategy_tuning
 from rmpeft.sparse.dense import DenseBackend
 from rmpeft.sparse.layers import MaskedLinear, layer_state_bytes
-from rmpeft.sparse.sampling import (
+from rmpeft.sparse.mask_sampling import (
     column_order,
     sample_positions,
     split_count,
@@ -195,7 +195,8 @@ def test_layer_state_is_values_and_int32_positions():
 
 
 def test_optimizer_state_size_equals_formula():
-    from rmpeft.bench.steps import expected_state_bytes, optimizer_state_bytes
+    from rmpeft.bench.steps import optimizer_state_bytes
+    from tests.helpers import expected_state_bytes
 
     layers = [MaskedLinear(nn.Linear(40, 30).requires_grad_(False),
                            sample_positions(1200, n, torch.Generator().manual_seed(n)), TorchBackend())
@@ -348,7 +349,7 @@ def test_sample_positions_is_uniform():
 
 @pytest.mark.parametrize("path", ["numpy", "conditioned-binomials"])
 def test_split_count_exact_and_hypergeometric(path, monkeypatch):
-    import rmpeft.sparse.sampling as sampling
+    import rmpeft.sparse.mask_sampling as sampling
 
     if path != "numpy":                          # the path used beyond 1e9 entries, on a small population
         monkeypatch.setattr(sampling, "_NUMPY_MAX_POPULATION", 0)
@@ -398,7 +399,7 @@ def test_triton_kernel_matches_dense_in_interpreter():
 import torch
 from rmpeft.sparse import get_backend
 from rmpeft.sparse.dense import DenseBackend
-from rmpeft.sparse.sampling import sample_positions
+from rmpeft.sparse.mask_sampling import sample_positions
 for o, i, nnz, n in [(7, 5, 9, 6), (33, 17, 200, 70), (16, 12, 1, 3), (5, 7, 0, 4), (40, 3, 120, 130)]:
     g = torch.Generator().manual_seed(o)
     idx = sample_positions(o * i, nnz, g)

@@ -14,7 +14,7 @@ from rmpeft.resolve import resolve_run_config
 from rmpeft.sweeps.compose import RunConfigs
 from rmpeft.sweeps.spec import load_sweep
 from rmpeft.sweeps.status import expand
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 from tests.test_sweep_spec import EXPECTED_RUNS, SWEEPS
 
 

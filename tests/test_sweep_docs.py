@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rmpeft.sweeps.spec import load_sweep
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SWEEPS = REPO / "sweeps"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -10,7 +10,7 @@ import pytest
 
 from rmpeft.errors import RmpeftError
 from rmpeft.sweeps.spec import load_sweep
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SWEEPS = REPO / "sweeps"
 MODELS_OPT = 3

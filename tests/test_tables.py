@@ -359,11 +359,11 @@ def test_one_setting_keeps_the_plain_row_label(tmp_path):
 
 def test_records_in_the_layout_before_run_identity_are_read(tmp_path):
     """Folders without the identity hash, records without an identity key."""
-    from rmpeft.records import legacy_run_dir
+    from rmpeft.records import unhashed_run_dir
 
     root = tmp_path / "runs"
     for r in scenario():
-        write_record(legacy_run_dir({**r["config"], "results_root": str(root)}), r)
+        write_record(unhashed_run_dir({**r["config"], "results_root": str(root)}), r)
     assert not any(k.startswith("identity") for p in root.rglob("record.json") for k in json.loads(p.read_text()))
     out, _ = cli(root, "--table", "main")
     assert out == EXPECTED_MAIN + "\n" + EXPECTED_FLAGS

@@ -13,9 +13,11 @@ from rmpeft.data import KINDS, TASK_NAMES, TASK_ORDER, Example, load_splits
 from rmpeft.data.formats import DataFileError
 from rmpeft.data.loading import render
 from rmpeft.data.sampling import plan_splits
-from rmpeft.data.sources import hub_rows, load_hub, read_local_file
+from rmpeft.data.sources import hub_rows, load_hub
 from rmpeft.errors import RmpeftError
-from rmpeft.vision.classes import IMAGE_TASKS
+from rmpeft.data.tasks import IMAGE_TASKS, task_label
+from rmpeft.vision.classes import CLASS_SPECS
+from tests.helpers import read_local_file
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tasks"
@@ -376,6 +378,9 @@ def test_synthetic_task_sizes_determinism_and_visible_answer():
 def test_every_task_has_a_complete_config():
     names = sorted(p.stem for p in (REPO / "conf" / "task").glob("*.yaml"))
     assert names == sorted(TASK_NAMES + IMAGE_TASKS)  # image tasks: tests/test_vision_data.py
+    assert set(CLASS_SPECS) == set(IMAGE_TASKS)       # every image task has its class names and templates
+    for name in IMAGE_TASKS:
+        assert task_cfg(name).kind == KINDS[name]
     for name in TASK_NAMES:
         cfg = task_cfg(name)
         assert cfg.name == name and cfg.kind == KINDS[name]
@@ -470,8 +475,6 @@ def test_sizes_that_leave_no_training_data_are_refused():
 
 
 def test_task_order_is_the_papers_table_order():
-    from rmpeft.data.tasks import TASK_LABELS
-
     assert TASK_ORDER == ("sst2", "rte", "wsc", "wic", "cb", "boolq", "multirc", "copa", "record", "squad", "drop")
     assert TASK_NAMES == TASK_ORDER + ("synthetic",)
     tables = [p for p in (REPO / "rmpeft" / "reporting" / "paper_numbers" / "table5_main.csv",
@@ -480,7 +483,7 @@ def test_task_order_is_the_papers_table_order():
     if not tables:
         pytest.skip("the paper's Table 5 is not in this checkout")
     header = tables[0].read_text().splitlines()[0].split(",")
-    assert [TASK_LABELS[t] for t in TASK_ORDER] == header[3:-1]  # model, method, params, <tasks>, avg
+    assert [task_label(t) for t in TASK_ORDER] == header[3:-1]  # model, method, params, <tasks>, avg
 
 
 def test_one_file_split_into_disjoint_test_and_training_pools(tmp_path):

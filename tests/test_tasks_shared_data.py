@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rmpeft.data import load_splits
-from rmpeft.data.sources import read_local_file
+from tests.helpers import read_local_file
 from rmpeft.data.loading import render
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from rmpeft import records
-from rmpeft.deltas.format import open_delta
+from rmpeft.methods.delta_format import open_delta
 from rmpeft.errors import RmpeftError
 from rmpeft.resolve import resolve_run_config
 from rmpeft.trainer import train
-from tests.conftest import REPO, compose_train
+from tests.helpers import REPO, compose_train
 
 RECORD_KEYS = {"status", "error", "config", "total_params", "trainable_params", "trainable_share", "epochs",
                "best_epoch", "val_metric", "test_metric", "metric", "wall_s", "peak_mem_bytes", "versions",

@@ -35,8 +35,8 @@ def test_a_good_config_passes():
 
 @pytest.mark.parametrize("field,value,message", [
     ("seed", "abc", r"^seed='abc' is invalid; expected an integer in \[0, inf\]$"),
-    ("optim__lr", "abc", r"^optim.lr='abc' is invalid; expected a number in \(0, 1e\+06\]$"),
-    ("optim__lr", 1e300, r"^optim.lr=1e\+300 is invalid; expected a number in \(0, 1e\+06\]$"),
+    ("optim__lr", "abc", r"^optim.lr='abc' is invalid; expected a number in \(0, 1e\+06\] or auto$"),
+    ("optim__lr", 1e300, r"^optim.lr=1e\+300 is invalid; expected a number in \(0, 1e\+06\] or auto$"),
     ("optim__lr", 0.0, r"^optim.lr=0.0 is invalid"),
     ("optim__lr", float("nan"), r"^optim.lr=nan is invalid"),
     ("trainer__epochs", 0, r"^trainer.epochs=0 is invalid; expected an integer in \[1, inf\]$"),

@@ -22,7 +22,7 @@ from rmpeft.run import check_config
 from rmpeft.sweeps import cli as sweep_cli
 from rmpeft.optim import build_scheduler
 from rmpeft.trainer import train
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 VIT_B16_IMAGE_ENCODER = 86_192_640   # vision tower + visual projection of openai/clip-vit-base-patch16
 VIT_B16_MLP_WEIGHTS = 12 * 2 * 768 * 3072

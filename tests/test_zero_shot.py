@@ -8,6 +8,7 @@ import torch
 
 from rmpeft import trainer
 from rmpeft.errors import RmpeftError
+from rmpeft.evaluation import evaluate
 from rmpeft.methods import MethodHandle, get_method
 from rmpeft.reporting.aggregate import aggregate
 from rmpeft.reporting.lr_curves import plot_lr_curves
@@ -15,7 +16,7 @@ from rmpeft.reporting.render import render_markdown
 from rmpeft.reporting.runs import runs_from_records
 from rmpeft.reporting.tables import build_tables
 from rmpeft.run import build_run
-from tests.conftest import compose_train
+from tests.helpers import compose_train
 
 
 def test_a_zero_shot_run_evaluates_the_untouched_model(smoke_overrides, monkeypatch):
@@ -23,7 +24,7 @@ def test_a_zero_shot_run_evaluates_the_untouched_model(smoke_overrides, monkeypa
     run = build_run(cfg)
     assert not run.trains and run.handle.num_trainable() == 0
     before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
-    expected = (trainer.evaluate(run, run.splits["validation"]), trainer.evaluate(run, run.splits["test"]))
+    expected = (evaluate(run, run.splits["validation"]), evaluate(run, run.splits["test"]))
 
     def no_optimizer(*_args):
         raise AssertionError("a zero-shot run built an optimizer")

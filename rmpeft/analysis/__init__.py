@@ -3,6 +3,7 @@
 - :mod:`rmpeft.analysis.hessian`: sharpness, the Hessian eigenvalue of largest magnitude with
   respect to the trainable parameters, by power iteration on Hessian-vector products.
 - :mod:`rmpeft.analysis.distance`: L2 distance between initial and final trainable parameters.
-- :mod:`rmpeft.analysis.hessian_cli`: ``rmpeft-hessian RUN_DIR`` for a saved run.
-- :mod:`rmpeft.analysis.figures`: Figure 4 panels for ``rmpeft-plot``.
+- :mod:`rmpeft.analysis.sharpness`: the sharpness of a built run, before and after training.
+
+``rmpeft-hessian RUN_DIR`` for a saved run is :mod:`rmpeft.hessian_cli`.
 """

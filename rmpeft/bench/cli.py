@@ -47,7 +47,7 @@ from rmpeft.bench.e2e import (
     run_modes,
 )
 from rmpeft.bench.report import check_targets, summarize, table
-from rmpeft.bench.steps import CLOCKS, Memory, Row, run_row, shira_entries, time_rows_in_turn
+from rmpeft.bench.steps import CLOCKS, Memory, BenchRow, run_row, shira_entries, time_rows_in_turn
 from rmpeft.bench.workload import (
     DTYPES,
     TARGETS,
@@ -66,22 +66,18 @@ MASKING_RATIOS = (0.1, 0.01, 0.001, 0.0001, 0.00001)
 STRUCTURED_RATIO = 0.001
 
 
-def available_names(device: str | torch.device) -> list[str]:
-    return available_backends(torch.device(device))
-
-
 def plan_rows(ratios: list[float], backends: list[str], max_ratio: float, extra: bool,
-              shira_ratio: float | None = None) -> list[Row]:
-    rows = [Row("floor")]
+              shira_ratio: float | None = None) -> list[BenchRow]:
+    rows = [BenchRow("floor")]
     for r in ratios:
         for b in backends:
-            rows.append(Row("masking", r, b, note="" if r <= max_ratio else "skipped: above the target share"))
+            rows.append(BenchRow("masking", r, b, note="" if r <= max_ratio else "skipped: above the target share"))
     if extra:
-        rows += [Row("structured_masking", STRUCTURED_RATIO, "columns"), Row("lora")]
+        rows += [BenchRow("structured_masking", STRUCTURED_RATIO, "columns"), BenchRow("lora")]
         if shira_ratio is not None:   # SHiRA and Random Masking with the same trainable count
             sparse = next((b for b in backends if b != "dense"), backends[0])
-            rows += [Row("shira"), Row("masking", shira_ratio, sparse, note="SHiRA's count")]
-        rows.append(Row("ft"))
+            rows += [BenchRow("shira"), BenchRow("masking", shira_ratio, sparse, note="SHiRA's count")]
+        rows.append(BenchRow("ft"))
     return rows
 
 
@@ -210,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         if device.type == "cpu":
             Memory.prepare_cpu()
         mem = Memory(device)
-        run_row(model, Row("floor"), batch, total, device, 0, 1, None)  # one-time buffers land before baselines
+        run_row(model, BenchRow("floor"), batch, total, device, 0, 1, None)  # one-time buffers land before baselines
         for row in runnable:
             saved = (row.trainable_params, row.trainable_state_bytes)
             run_row(model, row, batch, total, device, 0, 1, mem)

@@ -26,10 +26,10 @@ from torch import nn
 
 from rmpeft import scoring
 from rmpeft.bench.report import fmt_bytes
-from rmpeft.bench.steps import ATTACH, Attached, Memory, Row, make_optimizer
-from rmpeft.scoring.batch import Row as TokenRow
+from rmpeft.bench.steps import ATTACH, Attached, Memory, BenchRow, make_optimizer
+from rmpeft.scoring.batch import TokenRow
 
-E2E_METHODS = (Row("ft"), Row("lora"), Row("masking", 0.001, "auto"))
+E2E_METHODS = (BenchRow("ft"), BenchRow("lora"), BenchRow("masking", 0.001, "auto"))
 CELL_SECONDS = 60.0   # default timing budget of one cell (both paths), beyond the minimum of timed batches
 MAX_STEPS = 50        # timed batches per cell at most
 
@@ -151,7 +151,7 @@ def run_e2e(model: nn.Module, total: int, device: torch.device, small: bool, war
     for _ in range(rounds):
         for row in E2E_METHODS:
             label = row.method if row.ratio is None else f"{row.method} {100 * row.ratio:g}%"
-            att = ATTACH[row.method](model, Row(row.method, row.ratio, row.backend), total)
+            att = ATTACH[row.method](model, BenchRow(row.method, row.ratio, row.backend), total)
             opt = make_optimizer(att.params)
             try:
                 for w in workloads(small):
@@ -180,7 +180,7 @@ def run_e2e(model: nn.Module, total: int, device: torch.device, small: bool, war
 
 # --- precision and activation checkpointing ----------------------------------------------------------
 
-MODE_METHOD = Row("masking", 0.001, "auto")   # Random Masking 0.1%, shared-prompt scoring
+MODE_METHOD = BenchRow("masking", 0.001, "auto")   # Random Masking 0.1%, shared-prompt scoring
 MODES = ("bf16", "checkpointing")
 
 
@@ -251,7 +251,7 @@ def _mode_step(att: Attached, model: nn.Module, opt: torch.optim.Optimizer, batc
 
 
 def _attach_mode_method(model: nn.Module, total: int) -> tuple[Attached, torch.optim.Optimizer]:
-    att = ATTACH[MODE_METHOD.method](model, Row(MODE_METHOD.method, MODE_METHOD.ratio, MODE_METHOD.backend), total)
+    att = ATTACH[MODE_METHOD.method](model, BenchRow(MODE_METHOD.method, MODE_METHOD.ratio, MODE_METHOD.backend), total)
     return att, make_optimizer(att.params)
 
 

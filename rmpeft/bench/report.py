@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from rmpeft.bench.steps import Row
+from rmpeft.bench.steps import BenchRow
 
 # Targets for Random Masking at every ratio up to MAX_RATIO (step time; state and memory as below).
 MAX_RATIO = 0.01
@@ -12,15 +12,15 @@ VS_FLOOR = 1.10
 VS_LORA = 1.05
 
 
-def summarize(rows: list[Row], times: dict[str, list[list[float]]]) -> None:
+def summarize(rows: list[BenchRow], times: dict[str, list[list[float]]]) -> None:
     """Fill each row's step time, spread and ratios from ``times`` (label -> per round, the timed steps).
 
     Ratios are taken within each round (rows of one round ran close in time, so a slow spell of the
     machine hits both sides) and their median over rounds is reported.
     """
     medians = {label: [statistics.median(r) for r in rounds if r] for label, rounds in times.items()}
-    floor = medians.get(Row("floor").label)
-    lora = medians.get(Row("lora").label)
+    floor = medians.get(BenchRow("floor").label)
+    lora = medians.get(BenchRow("lora").label)
     for row in rows:
         m = medians.get(row.label)
         if not m:
@@ -48,7 +48,7 @@ def fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"{100 * r:g}%"
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[BenchRow]) -> str:
     head = f"{'method':<19}{'ratio':>8}  {'backend':<8}{'step_s':>9}{'spread':>8}{'x floor':>9}{'x lora':>8}" \
            f"{'peak mem':>12}{'trainable':>12}{'state':>12}{'B/entry':>9}"
     lines = [head, "-" * len(head)]
@@ -64,7 +64,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def check_targets(rows: list[Row]) -> list[str]:
+def check_targets(rows: list[BenchRow]) -> list[str]:
     """The sparse engine's targets, each as one line with the measured figure."""
     done = [r for r in rows if r.step_s is not None]
     lora = next((r for r in done if r.method == "lora"), None)

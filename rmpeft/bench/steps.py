@@ -22,7 +22,7 @@ from rmpeft.sparse import layer_state_bytes, unpatch
 
 
 @dataclass
-class Row:
+class BenchRow:
     method: str
     ratio: float | None = None
     backend: str | None = None
@@ -53,13 +53,13 @@ class Attached:
 
 # --- attaching each method -----------------------------------------------------------------------------
 
-def attach_floor(model: nn.Module, row: Row, total: int) -> Attached:
+def attach_floor(model: nn.Module, row: BenchRow, total: int) -> Attached:
     """No parameter trains, but the embeddings' output requires grad: backward runs through every layer."""
     hook = model.get_input_embeddings().register_forward_hook(lambda mod, args, out: out.requires_grad_(True))
     return Attached(model, [], hook.remove)
 
 
-def attach_masking(model: nn.Module, row: Row, total: int) -> Attached:
+def attach_masking(model: nn.Module, row: BenchRow, total: int) -> Attached:
     cfg = OmegaConf.create({"name": row.method, "ratio": row.ratio, "target_modules": TARGETS,
                             "backend": row.backend or "auto", "mask_seed": 0, "autotune": True})
     handle = get_method(row.method).apply(model, cfg, MethodContext(seed=0, total_params=total))
@@ -67,7 +67,7 @@ def attach_masking(model: nn.Module, row: Row, total: int) -> Attached:
                     layer_state_bytes(model)["positions"])
 
 
-def attach_lora(model: nn.Module, row: Row, total: int) -> Attached:
+def attach_lora(model: nn.Module, row: BenchRow, total: int) -> Attached:
     """LoRA r=8, alpha=16 on q_proj/v_proj (the `lora` method)."""
     cfg = OmegaConf.create({"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": TARGETS})
     handle = get_method("lora").apply(model, cfg, MethodContext(seed=0, total_params=total))
@@ -91,7 +91,7 @@ def shira_entries(model: nn.Module) -> int:
                          if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in TARGETS)
 
 
-def attach_shira(model: nn.Module, row: Row, total: int) -> Attached:
+def attach_shira(model: nn.Module, row: BenchRow, total: int) -> Attached:
     """SHiRA through peft (the `shira` method), r=8 on q_proj/v_proj; its positions are int32 (row, column)."""
     cfg = OmegaConf.create({"name": "shira", "r": SHIRA_R, "target_modules": TARGETS, "mask_seed": 0})
     handle = get_method("shira").apply(model, cfg, MethodContext(seed=0, total_params=total))
@@ -107,7 +107,7 @@ def attach_shira(model: nn.Module, row: Row, total: int) -> Attached:
     return Attached(wrapped, params, detach, positions)
 
 
-def attach_ft(model: nn.Module, row: Row, total: int) -> Attached:
+def attach_ft(model: nn.Module, row: BenchRow, total: int) -> Attached:
     params = list({id(p): p for p in model.parameters()}.values())
     for p in params:
         p.requires_grad_(True)
@@ -130,13 +130,6 @@ def optimizer_state_bytes(opt: torch.optim.Optimizer | None) -> int:
     if opt is None:
         return 0
     return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
-
-
-def expected_state_bytes(param_numels: list[int], element_size: int, position_bytes: int,
-                         step_bytes: int = 4) -> int:
-    """AdamW's trainable state: values + gradients + two moments (element_size each per entry), one step
-    counter per parameter tensor, plus the mask positions."""
-    return 4 * element_size * sum(param_numels) + step_bytes * len(param_numels) + position_bytes
 
 
 class Memory:
@@ -228,13 +221,13 @@ def _timed_step(att: Attached, batch: dict[str, torch.Tensor], opt: torch.optim.
     return elapsed
 
 
-def _fill_state(row: Row, att: Attached, opt: torch.optim.Optimizer | None) -> None:
+def _fill_state(row: BenchRow, att: Attached, opt: torch.optim.Optimizer | None) -> None:
     row.trainable_params = sum(p.numel() for p in att.params)
     row.trainable_state_bytes = (2 * sum(p.numel() * p.element_size() for p in att.params)
                                  + optimizer_state_bytes(opt) + att.position_bytes)
 
 
-def time_rows_in_turn(model: nn.Module, rows: list[Row], batch: dict[str, torch.Tensor], total: int,
+def time_rows_in_turn(model: nn.Module, rows: list[BenchRow], batch: dict[str, torch.Tensor], total: int,
                       device: torch.device, warmup: int, steps: int, rounds: int,
                       clock: str = "wall") -> dict[str, list[list[float]]]:
     """Step times of all ``rows``, taken in turn: label -> per round, the row's timed steps.
@@ -246,7 +239,7 @@ def time_rows_in_turn(model: nn.Module, rows: list[Row], batch: dict[str, torch.
     Fills each row's trainable count and state.
     """
     copies = [model if row.method == "floor" else copy.deepcopy(model) for row in rows]  # before any attach
-    live: list[tuple[Row, Attached, torch.optim.Optimizer | None]] = []
+    live: list[tuple[BenchRow, Attached, torch.optim.Optimizer | None]] = []
     now = CLOCKS[clock]
     times: dict[str, list[list[float]]] = {row.label: [] for row in rows}
     try:
@@ -273,7 +266,7 @@ def time_rows_in_turn(model: nn.Module, rows: list[Row], batch: dict[str, torch.
     return times
 
 
-def run_row(model: nn.Module, row: Row, batch: dict[str, torch.Tensor], total: int, device: torch.device,
+def run_row(model: nn.Module, row: BenchRow, batch: dict[str, torch.Tensor], total: int, device: torch.device,
             warmup: int, steps: int, memory: Memory | None, clock: str = "wall") -> list[float]:
     """Attach, train ``warmup + steps`` steps, detach. Returns the timed steps' seconds and fills ``row``."""
     if memory is not None:

@@ -10,13 +10,14 @@ from rmpeft.data.example import Example
 from rmpeft.data.sampling import permutation, plan_splits
 from rmpeft.data.sources import load_raw
 from rmpeft.data.tasks import get_task
+from rmpeft.identity import config_value
 
 log = logging.getLogger(__name__)
 
 
 def render(task: str, raw: dict[str, Any], index: int | None = None) -> Example:
     """The :class:`Example` of one raw record; ``index`` (its position in the source split) goes to meta."""
-    ex = get_task(task).template(raw)
+    ex = get_task(task, "text").template(raw)
     ex.meta = {"task": task, **({"index": index} if index is not None else {}), **ex.meta}
     return ex
 
@@ -33,7 +34,7 @@ def load_pools(task_cfg: Any) -> dict[str, Sequence[dict]]:
     train split is not at hand): a fixed permutation gives that share of it to the test pool and the
     rest, disjoint from it, to the training pool."""
     pools = load_raw(task_cfg)
-    share = task_cfg.get("test_pool_share")
+    share = config_value(task_cfg, "task.test_pool_share", "task")
     if share is None:
         return pools
     source = pools["test"]
@@ -50,12 +51,13 @@ def load_splits(task_cfg: Any, data_seed: int) -> dict[str, list[Example]]:
     ``task_cfg`` is a ``conf/task/*.yaml`` config (DictConfig or dict): ``name``, ``source`` or
     ``data_dir``/``files``, ``num_train``, ``num_val``, ``num_test``, ``full_train``.
     """
-    name = get_task(str(task_cfg.get("name"))).name
+    name = get_task(str(task_cfg.get("name")), "text").name
     pools = load_pools(task_cfg)
     plan = plan_splits(len(pools["train"]), len(pools["test"]),
-                       num_train=task_cfg.get("num_train", 1000), num_val=task_cfg.get("num_val", 500),
-                       num_test=task_cfg.get("num_test", 1000), seed=data_seed,
-                       full_train=bool(task_cfg.get("full_train", False)), task=name)
+                       num_train=config_value(task_cfg, "task.num_train", "task"),
+                       num_val=config_value(task_cfg, "task.num_val", "task"),
+                       num_test=config_value(task_cfg, "task.num_test", "task"), seed=data_seed,
+                       full_train=bool(config_value(task_cfg, "task.full_train", "task")), task=name)
     splits = {
         "train": [render(name, pools["train"][i], i) for i in plan.train],
         "validation": [render(name, pools["train"][i], i) for i in plan.validation],

@@ -151,7 +151,8 @@ def read_copa(path: Path) -> list[Raw]:
     return out
 
 
-def read_record(path: Path) -> list[Raw]:
+def read_record_task(path: Path) -> list[Raw]:
+    """ReCoRD (the task, not a run record): one raw example per query, with the passage's entities."""
     out = []
     for n, o in read_jsonl(path):
         passage = field(o, "passage", path, n, dict)

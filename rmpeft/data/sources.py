@@ -25,11 +25,6 @@ def _reader(spec: TaskSpec) -> Callable[[Path, str], list[Raw]]:
     return spec.read
 
 
-def read_local_file(task: str, path: str | Path, role: str = "train") -> list[Raw]:
-    """Raw records of one official file of ``task``; ``role`` is the split it serves (train/test)."""
-    return _reader(get_task(task))(Path(path), role)
-
-
 class MappedRows(Sequence):
     """A Hub split seen through a row mapper, converted on access (only sampled rows are touched)."""
 
@@ -55,7 +50,7 @@ class MappedRows(Sequence):
 
 def hub_rows(task: str, rows: Sequence[dict], origin: str = "hub") -> MappedRows:
     """Raw records of a Hub split (any sequence of row dicts, e.g. a ``datasets.Dataset``)."""
-    spec = get_task(task)
+    spec = get_task(task, "text")
     if spec.hub is None:
         raise RmpeftError(f"task '{task}' has no Hugging Face Hub source")
     return MappedRows(rows, spec.hub, origin)
@@ -64,7 +59,7 @@ def hub_rows(task: str, rows: Sequence[dict], origin: str = "hub") -> MappedRows
 def load_local(task: str, data_dir: str | Path, files: Any, roles: Sequence[str] = ("train", "test")) -> dict[str, list[Raw]]:
     """``{"train": ..., "test": ...}`` raw records from ``data_dir`` (``files.train``, ``files.test``; only
     the ``roles`` asked for)."""
-    reader = _reader(get_task(task))
+    reader = _reader(get_task(task, "text"))
     folder = Path(str(data_dir)).expanduser()
     if not folder.is_dir():
         raise DataFileError(f"task.data_dir '{data_dir}' is not a folder")
@@ -104,7 +99,7 @@ def load_raw(task_cfg: Any) -> dict[str, Sequence[Raw]]:
     """Raw train and test pools of a task config: generated in code when the task says so, else local
     files when ``data_dir`` is set, else the Hub. With ``task.test_pool_share`` set, only the test file
     of local data is read (both pools come from it, see :func:`rmpeft.data.loading.load_pools`)."""
-    spec = get_task(str(task_cfg.get("name")))
+    spec = get_task(str(task_cfg.get("name")), "text")
     if spec.pools is not None:
         return spec.pools(task_cfg)
     data_dir = task_cfg.get("data_dir")

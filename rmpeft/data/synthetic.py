@@ -14,6 +14,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from rmpeft.identity import config_value
+
 CUES = {
     0: ("bad", "awful", "dull", "poor", "sad", "grim"),
     1: ("good", "nice", "fun", "fine", "cool", "neat"),
@@ -33,7 +35,6 @@ def make_pool(size: int, seed: int) -> list[dict[str, Any]]:
 
 def synthetic_pools(task_cfg: Any) -> dict[str, list[dict[str, Any]]]:
     """The train and validation pools of the synthetic task (sizes and seed from ``task_cfg.synthetic``)."""
-    opts = task_cfg.get("synthetic") or {}
-    seed = int(opts.get("pool_seed", 0))
-    return {"train": make_pool(int(opts.get("train_pool", 512)), seed),
-            "test": make_pool(int(opts.get("test_pool", 256)), seed + 1)}
+    seed = int(config_value(task_cfg, "task.synthetic.pool_seed", "task"))
+    return {"train": make_pool(int(config_value(task_cfg, "task.synthetic.train_pool", "task")), seed),
+            "test": make_pool(int(config_value(task_cfg, "task.synthetic.test_pool", "task")), seed + 1)}

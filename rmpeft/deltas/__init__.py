@@ -1,8 +1,9 @@
-"""Trained deltas as artifacts: the delta folder format (:mod:`~rmpeft.deltas.format`), the base-model
-fingerprint (:mod:`~rmpeft.deltas.base_model`), keeping and exporting a run's delta
-(:mod:`~rmpeft.deltas.export`), evaluating one (:mod:`~rmpeft.deltas.evaluate`), merging one into a plain
-checkpoint (:mod:`~rmpeft.deltas.merge`) and the commands (:mod:`~rmpeft.deltas.cli`).
+"""Operations on trained deltas: keeping and exporting a run's delta (:mod:`~rmpeft.deltas.export`),
+applying one (:mod:`~rmpeft.deltas.apply`), evaluating one (:mod:`~rmpeft.deltas.evaluate`), merging one
+into a plain checkpoint (:mod:`~rmpeft.deltas.merge`), peft adapter folders (:mod:`~rmpeft.deltas.peft_export`,
+:mod:`~rmpeft.deltas.peft_import`) and the commands (:mod:`~rmpeft.deltas.cli`).
 
-Nothing is imported here: the methods import :mod:`rmpeft.deltas.format` while the other modules
-import the methods.
+The delta folder format is the methods' own (:mod:`rmpeft.methods.delta_format`,
+:mod:`rmpeft.methods.peft_sparse`), the base-model fingerprint the models' (:mod:`rmpeft.base_model`).
+Nothing is imported here.
 """

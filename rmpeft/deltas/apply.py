@@ -8,8 +8,8 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from rmpeft.deltas.base_model import base_fingerprint
-from rmpeft.deltas.format import Delta
+from rmpeft.base_model import base_fingerprint
+from rmpeft.methods.delta_format import Delta
 from rmpeft.errors import RmpeftError
 from rmpeft.methods import MethodContext, MethodHandle, get_method
 from rmpeft.run import ApplyMethod, Run, build_run

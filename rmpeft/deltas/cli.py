@@ -109,14 +109,3 @@ def merge_main(argv: list[str] | None = None) -> int:
 
     return _run("rmpeft-merge", body)
 
-
-def main_export() -> None:
-    sys.exit(export_main())
-
-
-def main_eval() -> None:
-    sys.exit(eval_main())
-
-
-def main_merge() -> None:
-    sys.exit(merge_main())

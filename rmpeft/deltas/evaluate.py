@@ -14,24 +14,23 @@ Validation and test metrics are measured on the run's validation and test exampl
 
 from __future__ import annotations
 
-import logging
 import re
-import time
-from datetime import datetime, timezone
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rmpeft import records
-from rmpeft.config import check_choices, compose_config, field_paths, is_open, unknown_field
+from rmpeft.config import (
+    check_choices,
+    compose_config,
+    field_paths,
+    is_open,
+    unknown_field,
+)
 from rmpeft.deltas.apply import build_delta_run
-from rmpeft.deltas.format import Delta
 from rmpeft.errors import RmpeftError
-from rmpeft.records import RunRecord
-from rmpeft.run import check_config, make_accelerator
-from rmpeft.trainer import evaluate
-
-log = logging.getLogger(__name__)
+from rmpeft.evaluation import evaluate
+from rmpeft.lifecycle import RecordedRun, fill_sizes
+from rmpeft.methods.delta_format import Delta
 
 SWAPPABLE_GROUPS = ("task", "model", "logger", "cluster", "resources")
 # Fields that say where and whether files are written: always this installation's (or the command line's).
@@ -86,45 +85,20 @@ def eval_config(delta: Delta, overrides: list[str]) -> DictConfig:
 
 
 def evaluate_delta(delta: Delta, cfg: DictConfig) -> dict[str, Any]:
-    """Apply ``delta`` to its base model, measure validation and test metrics, write the record."""
-    check_config(cfg)
-    folder = records.run_dir(cfg)
-    try:
-        existing = records.read_record(folder)
-    except RmpeftError:
-        if not cfg.get("force"):   # a corrupt record is reported, never silently replaced
-            raise
-        existing = None
-    if existing and existing["status"] in records.DONE_STATUSES and not cfg.get("force"):
-        log.info("skipping %s: already %s (force=true reruns it)", folder, existing["status"])
-        return {**existing, "skipped": True}
-    started = time.time()
-    rec = RunRecord(status="running", config=OmegaConf.to_container(cfg, resolve=True), run_dir=str(folder),
-                    identity_hash=records.identity_hash(cfg), metric=cfg.task.get("metric"),
-                    started_at=_now(), versions=records.versions(), git_commit=records.git_commit(),
-                    delta={"path": str(delta.path), "bytes": delta.bytes, "fingerprint": delta.fingerprint,
-                           "content_hash": delta.content_hash, "evaluated": True})
-    accelerator, _ = make_accelerator(cfg)
-    try:
-        run = build_delta_run(delta, cfg, accelerator)
-        run.handle.model = accelerator.prepare_model(run.handle.model, evaluation_mode=True)
-        rec.total_params, rec.trainable_params = run.total_params, run.handle.num_trainable()
-        rec.trainable_share = rec.trainable_params / run.total_params
-        rec.split_sizes = {k: len(v) for k, v in run.splits.items()}
+    """Apply ``delta`` to its base model, measure validation and test metrics, write the record
+    (:class:`rmpeft.lifecycle.RecordedRun`: skipped when already a result, unless ``force=true``)."""
+    recorded = RecordedRun(cfg, resolve=False, delta={
+        "path": str(delta.path), "bytes": delta.bytes, "fingerprint": delta.fingerprint,
+        "content_hash": delta.content_hash, "evaluated": True})
+    if recorded.done is not None:
+        return recorded.done
+    with recorded as rec:
+        run = build_delta_run(delta, recorded.cfg, recorded.accelerator)
+        run.handle.model = recorded.accelerator.prepare_model(run.handle.model, evaluation_mode=True)
+        fill_sizes(rec, run)
         if run.splits["validation"]:
             rec.val_metric = evaluate(run, run.splits["validation"], desc="validation")
         rec.test_metric = evaluate(run, run.splits["test"], desc="test")
         rec.method_state = run.handle.state_for_record()
         rec.status = "finished"
-    except BaseException as e:
-        rec.status, rec.error = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
-        raise
-    finally:
-        rec.finished_at, rec.wall_s = _now(), round(time.time() - started, 3)
-        if accelerator.is_main_process:
-            records.write_record(folder, rec)
-    return records.to_json_dict(rec)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return recorded.result

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rmpeft.deltas.base_model import base_fingerprint
-from rmpeft.deltas.format import finish_metadata, open_delta
+from rmpeft.base_model import base_fingerprint
+from rmpeft.checkpoints import write_once
 from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.identity import config_value
 from rmpeft.methods import MethodHandle, get_method
+from rmpeft.methods.delta_format import finish_metadata, open_delta
 from rmpeft.records import RunRecord, read_record, run_dir, strict_json, versions
 from rmpeft.run import Run, build_run
 from rmpeft.run_folder import DELTA_DIR, delta_folder_to_write, share_like_umask
@@ -32,7 +33,7 @@ LEGACY_TRAINABLE_FILE = "trainable.pt"    # trainable tensors in handle order, w
 
 def wanted(cfg: Any) -> bool:
     """Whether ``trainer.save_delta`` asks to keep this run's delta."""
-    policy = str(cfg.trainer.get("save_delta", "auto"))
+    policy = str(config_value(cfg, "trainer.save_delta"))
     if policy not in SAVE_DELTA:
         raise unknown_choice("trainer.save_delta", policy, SAVE_DELTA)
     return policy == "always" or (policy == "auto" and get_method(str(cfg.method.name)).small_delta)
@@ -41,14 +42,13 @@ def wanted(cfg: Any) -> bool:
 def write_delta(handle: MethodHandle, cfg: DictConfig, rec: RunRecord | dict[str, Any], folder: Path) -> dict[str, Any]:
     """Write the delta of a trained ``handle`` (unwrapped model) into ``folder`` (replaced atomically);
     returns its metadata."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     get = rec.get if isinstance(rec, dict) else (lambda k, d=None: getattr(rec, k, d))
     method = get_method(str(cfg.method.name))
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    share_like_umask(tmp)   # mkdtemp makes it private; a results folder may be shared
-    try:
+    written: dict[str, Any] = {}
+
+    def write(tmp: Path) -> None:
+        share_like_umask(tmp)   # mkdtemp makes it private; a results folder may be shared
         facts = method.export_delta(handle, tmp)
         meta = strict_json({
             "method": method.name,
@@ -63,16 +63,12 @@ def write_delta(handle: MethodHandle, cfg: DictConfig, rec: RunRecord | dict[str
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(),
         }, {})
-        meta = finish_metadata(tmp, meta)
+        written.update(finish_metadata(tmp, meta))
         for path in tmp.rglob("*"):   # some writers (safetensors) make private files
             share_like_umask(path)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return meta
+
+    write_once(Path(folder), write, replace=True)
+    return written
 
 
 def record_entry(meta: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -125,6 +125,3 @@ def main(argv: list[str] | None = None) -> int:
           f"--include_path {args.out} --tasks {facts['task']} --device cpu")
     return 0
 
-
-def main_cli() -> None:
-    sys.exit(main())

@@ -15,10 +15,10 @@ import torch
 
 from rmpeft.config import compose_config
 from rmpeft.deltas.apply import check_base
-from rmpeft.deltas.format import Delta
+from rmpeft.methods.delta_format import Delta
 from rmpeft.errors import RmpeftError
 from rmpeft.methods import MethodContext, get_method
-from rmpeft.models import count_parameters, load_model_and_tokenizer
+from rmpeft.models import count_parameters, get_family, load_model_and_tokenizer
 from rmpeft.records import atomic_write_json
 
 MERGE_FILE = "rmpeft_merge.json"
@@ -34,9 +34,10 @@ def merge_delta(delta: Delta, out: Path, cache_dir: str | None = None) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RmpeftError(f"--out {out} exists and is not an empty folder; choose a new folder")
     config: dict[str, Any] = delta.run_config
-    if (config["model"].get("family") or "causal_lm") != "causal_lm":
+    family = get_family(config["model"])
+    if not family.plain_checkpoint:
         raise RmpeftError(f"only causal-LM deltas merge into a Hugging Face checkpoint; this one is for a "
-                          f"{config['model'].get('family')} model: evaluate it with rmpeft-eval instead")
+                          f"{family.name} model: evaluate it with rmpeft-eval instead")
     if cache_dir is None:   # this installation's (or this command line's), never the one stored in a delta
         cache_dir = config.get("cache_dir") if getattr(delta, "composed", False) else compose_config([]).cache_dir
     cache = str(cache_dir)

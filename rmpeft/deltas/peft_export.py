@@ -1,7 +1,7 @@
 """``rmpeft-export RUN_OR_DELTA --format peft --out DIR``: a delta as a peft adapter folder.
 
 Random Masking and Structured Masking deltas become SHiRA or Super-Tuning adapters
-(:mod:`rmpeft.deltas.peft_sparse`; ``--peft-type auto`` picks the one storing the fewest bytes). LoRA,
+(:mod:`rmpeft.methods.peft_sparse`; ``--peft-type auto`` picks the one storing the fewest bytes). LoRA,
 AdaLoRA and prefix deltas already are peft folders and are copied. Every folder gets a model card
 (``README.md``: method, ratio, task, metrics, base model and its fingerprint) and ``rmpeft.json`` (the
 source delta's metadata and the adapter files' checksums), which lets ``rmpeft-eval`` and
@@ -16,8 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rmpeft.deltas.format import Delta, file_sha256, open_delta
-from rmpeft.deltas.peft_sparse import (
+from rmpeft.checkpoints import write_once
+from rmpeft.methods.delta_format import Delta, file_sha256, open_delta
+from rmpeft.methods.peft_sparse import (
     CONFIG_FILE,
     PEFT_TYPES,
     WEIGHTS_FILE,
@@ -27,7 +28,9 @@ from rmpeft.deltas.peft_sparse import (
     write_adapter,
 )
 from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.models import get_family
 from rmpeft.records import atomic_write_json, versions
+from rmpeft.run_folder import share_like_umask
 
 EXPORT_FILE = "rmpeft.json"
 CARD_FILE = "README.md"
@@ -41,7 +44,7 @@ LABELS = {"masking": "Random Masking", "structured_masking": "Structured Masking
 def source_delta(source: Path, scratch: Path) -> Delta:
     """The delta of a run folder (exported into ``scratch`` as ``rmpeft-export`` does) or a delta folder."""
     from rmpeft.deltas.export import export_run
-    from rmpeft.deltas.format import META_FILE
+    from rmpeft.methods.delta_format import META_FILE
 
     if (source / META_FILE).is_file():
         return open_delta(source)
@@ -64,31 +67,34 @@ def export_peft_folder(source: Path | str, out: Path | str, peft_type: str = "au
     if out.exists():
         raise RmpeftError(f"--out {out} exists; choose a new path")
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))   # a run's delta, exported first
+    meta: dict[str, Any] = {}
+
+    def write(folder: Path) -> None:
+        share_like_umask(folder)   # mkdtemp makes it private
         delta = source_delta(source, scratch)
-        folder = scratch / "adapter"
-        folder.mkdir()
         adapter = _write_adapter(delta, folder, peft_type)
-        meta = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "adapter": adapter,
-                "files": _files(folder, [CONFIG_FILE, WEIGHTS_FILE]),
-                "delta": {k: v for k, v in delta.meta.items() if k not in ("format", "format_version")},
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions()}
+        meta.update({"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "adapter": adapter,
+                     "files": _files(folder, [CONFIG_FILE, WEIGHTS_FILE]),
+                     "delta": {k: v for k, v in delta.meta.items() if k not in ("format", "format_version")},
+                     "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions()})
         meta["bytes"] = sum(f["bytes"] for f in meta["files"].values())
         (folder / CARD_FILE).write_text(model_card(meta, out))
         atomic_write_json(folder / EXPORT_FILE, meta)
-        folder.rename(out)
+
+    try:
+        write_once(out, write)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return meta
 
 
 def _write_adapter(delta: Delta, folder: Path, peft_type: str) -> dict[str, Any]:
-    family = ((delta.meta.get("run") or {}).get("config") or {}).get("model", {}).get("family") or "causal_lm"
+    family = get_family(((delta.meta.get("run") or {}).get("config") or {}).get("model", {}))
     layout = (delta.meta.get("delta") or {}).get("layout")
     if delta.method in SPARSE_METHODS:
-        if family != "causal_lm":
-            raise RmpeftError(f"only causal-LM deltas export as peft adapters; this one is for a {family} model")
+        if not family.plain_checkpoint:
+            raise RmpeftError(f"only causal-LM deltas export as peft adapters; this one is for a {family.name} model")
         entries = delta_entries(delta)
         chosen = smallest_type(entries) if peft_type == "auto" else peft_type
         mask_type = delta.method                    # not "random": peft then draws no throwaway mask on load
@@ -103,7 +109,7 @@ def _write_adapter(delta: Delta, folder: Path, peft_type: str) -> dict[str, Any]
             if not (delta.path / name).is_file():
                 raise RmpeftError(f"corrupt delta {delta.path}: {name} is missing")
             shutil.copy2(delta.path / name, folder / name)
-        from rmpeft.deltas.peft_sparse import read_config
+        from rmpeft.methods.peft_sparse import read_config
 
         return {"peft_type": str(read_config(folder)["peft_type"]), "copied": True}
     raise RmpeftError(f"{delta.method} deltas have no peft form; export them as rmpeft deltas (--format rmpeft)")

@@ -23,10 +23,10 @@ import torch
 from omegaconf import OmegaConf
 
 from rmpeft.config import CONF_DIR, compose_config
-from rmpeft.deltas.base_model import base_fingerprint
-from rmpeft.deltas.format import FORMAT, META_FILE, Delta, delta_fingerprint, file_sha256, open_delta
+from rmpeft.base_model import base_fingerprint
+from rmpeft.methods.delta_format import FORMAT, META_FILE, Delta, delta_fingerprint, file_sha256, open_delta
 from rmpeft.deltas.peft_export import EXPORT_FILE, EXPORT_FORMAT, EXPORT_VERSION, SPARSE_METHODS
-from rmpeft.deltas.peft_sparse import (
+from rmpeft.methods.peft_sparse import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     Entries,

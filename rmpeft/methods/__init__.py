@@ -1,7 +1,7 @@
 """Fine-tuning methods, one module each, registered by name (see :mod:`rmpeft.methods.registry`).
 
-Adding a method: a module here that registers it with ``@register_method("name")``, its import below,
-and ``conf/method/<name>.yaml``.
+Adding a method: a module here that registers it with ``@register_method("name", label="Name")``, its
+import below, and ``conf/method/<name>.yaml``.
 """
 
 from rmpeft.methods import adalora, adapter, bitfit, full, lora, masking, none, prefix, shira  # noqa: F401  (they register)

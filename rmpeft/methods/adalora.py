@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rmpeft.deltas.format import Delta
+from rmpeft.methods.delta_format import Delta
 from rmpeft.errors import RmpeftError
+from rmpeft.identity import config_value
 from rmpeft.methods.base import (
     MethodContext,
     MethodHandle,
@@ -109,10 +110,11 @@ class AdaLoRAHandle(MethodHandle):
         return {**self.extra, "ranks": ranks, "rank_total": sum(ranks.values())}
 
 
-@register_method("adalora")
+@register_method("adalora", label="AdaLoRA")
 class AdaLoRA(PeftMethod):
     """peft's AdaLoRA on ``cfg.target_modules`` with the budget schedule derived from the run length."""
 
+    model_families = ("causal_lm",)     # peft's AdaLoRA model is a causal-LM task model
     config_fields = {"init_r": Int(1), "target_r": Int(1), "alpha": Float(0, low_open=True), "dropout": Float(0, 1),
                      "tinit_fraction": Float(0, 1), "tfinal_fraction": Float(0, 1), "deltaT": Int(1),
                      "beta1": Float(0, 1), "beta2": Float(0, 1), "orth_reg_weight": Float(0), "target_modules": MODULES,
@@ -157,7 +159,7 @@ class AdaLoRA(PeftMethod):
         for name, p in peft_model.named_parameters():
             if ".ranknum." in name:
                 p.requires_grad_(False)
-        reallocate = bool(cfg.get("reallocate", True))
+        reallocate = bool(config_value(cfg, "method.reallocate", "method"))
         extra = {"init_r": init_r, "target_r": target_r, "total_step": total, "tinit": tinit, "tfinal": tfinal,
                  "target_modules": targets, "reallocate": reallocate}
         return AdaLoRAHandle(model=peft_model, name=self.name, extra=extra, tuner=peft_model.base_model,

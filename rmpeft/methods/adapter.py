@@ -88,7 +88,7 @@ def add_adapters(model: nn.Module, targets: list[str], bottleneck: int, activati
     return added
 
 
-@register_method("adapter")
+@register_method("adapter", label="Adapter")
 class HoulsbyAdapter(Method):
     """Freeze the model and train bottleneck adapters after ``cfg.target_modules``."""
 

@@ -7,7 +7,7 @@ A method turns a loaded (frozen or not) causal LM into a trainable one. It is ca
 and returns a :class:`MethodHandle` that the trainer uses for the optimizer, per-step hooks and the
 run record. What the trainer must know before applying it (e.g. the dtype to load weights in) is a
 :class:`Method` attribute. Each method lives in its own module under ``rmpeft/methods/`` and registers
-itself with ``@register_method("name")`` (:mod:`rmpeft.methods.registry`).
+itself with ``@register_method("name", label="Name")`` (:mod:`rmpeft.methods.registry`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from rmpeft.deltas.format import Delta, write_tensors
+from rmpeft.methods.delta_format import Delta, write_tensors
 from rmpeft.errors import RmpeftError
 from rmpeft.validation import Spec
 
@@ -82,11 +82,14 @@ class Method:
     """Base class of fine-tuning methods. Subclasses implement :meth:`apply`."""
 
     name: str = ""
+    label: str = ""     # its name in tables and figures (set by ``register_method``)
     # Load the base weights in fp32 whatever `trainer.precision` says (mixed precision then runs under
     # autocast): methods that update the pretrained weights themselves need fp32 master weights.
     keeps_fp32_weights: bool = False
     # The method's own config fields (``method.<field>``), checked before anything runs.
     config_fields: dict[str, Spec] = {}
+    # The model families it applies to (``model.family``, :mod:`rmpeft.families`); empty: every family.
+    model_families: tuple[str, ...] = ()
     # Right after `apply`, the model computes the same outputs as before (zero-initialised updates).
     output_unchanged_at_init: bool = True
     # The method trains parameters. False (zero-shot evaluation): the run leaves every parameter as it

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from rmpeft.errors import RmpeftError
+from rmpeft.identity import config_value
 from rmpeft.methods.base import (
     Method,
     MethodContext,
@@ -24,7 +25,7 @@ from rmpeft.methods.registry import register_method
 from rmpeft.validation import Spec
 
 
-@register_method("bitfit")
+@register_method("bitfit", label="BitFit")
 class BitFit(Method):
     """Freeze everything except the biases of ``cfg.target_modules`` (null: every ``nn.Linear``)."""
 
@@ -45,7 +46,7 @@ class BitFit(Method):
         for m in with_bias:
             m.bias.requires_grad_(True)
         norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm) and m.bias is not None] \
-            if cfg.get("layer_norm_biases", False) else []
+            if config_value(cfg, "method.layer_norm_biases", "method") else []
         for m in norms:
             m.bias.requires_grad_(True)
         extra = {"bias_vectors": len(with_bias), "layer_norm_biases": len(norms)}

@@ -10,7 +10,7 @@ from rmpeft.methods.base import Method, MethodContext, MethodHandle
 from rmpeft.methods.registry import register_method
 
 
-@register_method("ft")
+@register_method("ft", label="FT")
 class FullFineTuning(Method):
     keeps_fp32_weights = True    # the pretrained weights are what trains: fp32 master weights
     small_delta = False          # the delta is the whole model: kept only with trainer.save_delta=always

@@ -20,7 +20,7 @@ from rmpeft.methods.registry import register_method
 from rmpeft.validation import Float, Int, MODULES
 
 
-@register_method("lora")
+@register_method("lora", label="LoRA")
 class LoRA(PeftMethod):
     """peft's LoRA on ``cfg.target_modules``; the base model is frozen."""
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rmpeft.deltas.format import Delta
+from rmpeft.methods.delta_format import Delta
 from rmpeft.errors import RmpeftError, unknown_choice
 from rmpeft.methods.base import (
     Method,
@@ -143,7 +143,7 @@ class MaskedDeltas(Method):
         return merge_masked(handle.model)
 
 
-@register_method("masking")
+@register_method("masking", label="Masking")
 class RandomMasking(MaskedDeltas):
     """Uniformly random trainable entries of the target matrices."""
 
@@ -270,7 +270,7 @@ def _per_matrix_layers(targets: dict[str, nn.Linear], cfg: Any, facts: dict[str,
                     "per_module": dict(zip(targets, counts))}
 
 
-@register_method("structured_masking")
+@register_method("structured_masking", label="Masking(S)")
 class StructuredMasking(MaskedDeltas):
     """Trainable columns of the target matrices (``layout``: pooled whole columns or per matrix)."""
 

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rmpeft.deltas.format import Delta, file_sha256, write_tensors
-from rmpeft.deltas.peft_sparse import CONFIG_FILE, WEIGHTS_FILE, Entries, delta_entries, linear_shapes, read_adapter
+from rmpeft.methods.delta_format import Delta, file_sha256, write_tensors
+from rmpeft.methods.peft_sparse import CONFIG_FILE, WEIGHTS_FILE, Entries, delta_entries, linear_shapes, read_adapter
 from rmpeft.errors import RmpeftError
+from rmpeft.identity import FINGERPRINT_CHARS
 from rmpeft.methods.base import MethodContext, freeze_all
 from rmpeft.sparse import ColumnMaskedLinear, MaskedLinear, index_dtype, patch, select_backend, unpatch
 
@@ -108,8 +109,8 @@ def initial_entries(init_from: str, model: nn.Module, ctx: MethodContext) -> tup
     Their shapes are checked against ``model``; a known base fingerprint (rmpeft's folders) against the
     run's base model, an adapter's ``base_model_name_or_path`` against the model's source.
     """
-    from rmpeft.deltas.base_model import base_fingerprint
-    from rmpeft.deltas.format import META_FILE, open_delta
+    from rmpeft.base_model import base_fingerprint
+    from rmpeft.methods.delta_format import META_FILE, open_delta
     from rmpeft.models import model_source
 
     folder = Path(str(init_from)).expanduser()
@@ -153,7 +154,7 @@ def initial_entries(init_from: str, model: nn.Module, ctx: MethodContext) -> tup
                               f"{known_base}), not on '{here['name']}' (fingerprint {here['fingerprint']})")
     if not entries:
         raise RmpeftError(f"method.init_from: {folder} holds no trained entry")
-    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:FINGERPRINT_CHARS]
     facts = {"path": str(folder), "kind": kind, "fingerprint": digest,
              "entries": sum(e.count for e in entries.values())}
     return entries, facts

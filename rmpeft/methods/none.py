@@ -14,7 +14,7 @@ from rmpeft.methods.base import Method, MethodContext, MethodHandle, freeze_all
 from rmpeft.methods.registry import register_method
 
 
-@register_method("none")
+@register_method("none", label="Zero-shot")
 class ZeroShot(Method):
     """Freeze every parameter; the trainer skips training for methods with ``trains = False``."""
 

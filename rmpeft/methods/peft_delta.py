@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from rmpeft.deltas.format import Delta
+from rmpeft.methods.delta_format import Delta
 from rmpeft.methods.base import Method, MethodContext, MethodHandle
 
 

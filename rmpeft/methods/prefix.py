@@ -60,12 +60,13 @@ def prefix_table(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     return stacked.permute(3, 0, 1, 2, 4).reshape(tokens, -1)
 
 
-@register_method("prefix")
+@register_method("prefix", label="Prefix")
 class PrefixTuning(PeftMethod):
     """peft prefix tuning without reparameterisation, keys/values initialised from real words."""
 
     config_fields = {"num_virtual_tokens": Int(1)}
 
+    model_families = ("causal_lm",)     # the prefix is past keys/values of a causal LM's attention
     mergeable = False                   # the prefix adds attention inputs, not a weight update
     output_unchanged_at_init = False    # the prefix's keys and values are attended to from the start
 

@@ -22,7 +22,7 @@ from rmpeft.validation import Int, MODULES
 MASK_SEED_OFFSET = 1000          # as Random Masking: mask seed = run seed + this, unless method.mask_seed is set
 
 
-@register_method("shira")
+@register_method("shira", label="SHiRA")
 class Shira(PeftMethod):
     """peft's SHiRA with its random mask on ``cfg.target_modules``; the base model is frozen."""
 

@@ -70,7 +70,8 @@ class LRStat:
         return bool(self.finished or self.diverged)
 
 
-def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+def mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of ``xs``; None where undefined (no value; one value: no std)."""
     if not xs:
         return None, None
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
@@ -84,8 +85,8 @@ def summarize_lr(lr: float, runs: list[RunResult]) -> LRStat:
             r.status
         ].append(r.seed)
     fin = sorted((r for r in runs if r.status == "finished"), key=lambda r: r.seed)
-    s.val_mean, s.val_std = _mean_std([r.val for r in fin])  # type: ignore[misc]
-    s.test_mean, s.test_std = _mean_std([r.test for r in fin])  # type: ignore[misc]
+    s.val_mean, s.val_std = mean_std([r.val for r in fin])  # type: ignore[misc]
+    s.test_mean, s.test_std = mean_std([r.test for r in fin])  # type: ignore[misc]
     return s
 
 

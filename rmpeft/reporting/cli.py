@@ -26,6 +26,7 @@ from rmpeft.records import RunRecord
 from rmpeft.reporting import figures
 from rmpeft.reporting.aggregate import DIVERGED_POLICIES, SELECTIONS, aggregate
 from rmpeft.reporting.lr_curves import plot_lr_curves
+from rmpeft.reporting.lr_prediction import LR_AUTO_TABLE, prediction_rows, read_evaluation, render_prediction_table
 from rmpeft.reporting.paper import PaperNumbers, parse_ratio
 from rmpeft.reporting.render import FORMAT_SUFFIX, FORMATS, RENDERERS
 from rmpeft.reporting.runs import RunResult, run_from_record
@@ -131,8 +132,13 @@ def tables_parser() -> argparse.ArgumentParser:
                     "mean ± std over seeds, flags for grids that need extending.",
     )
     add_source_arguments(p)
-    p.add_argument("--table", action="append", choices=TABLES + ("all",),
-                   help="which table (default: all that have rows); repeatable")
+    p.add_argument("--table", action="append", choices=TABLES + (LR_AUTO_TABLE, "all"),
+                   help="which table (default: all that have rows); repeatable. lr-auto: the predicted LR "
+                        "(optim.lr=auto runs, or --lr-auto) against the grid's best per cell")
+    p.add_argument("--lr-auto", type=Path, default=None, metavar="FILE",
+                   help="the JSON of `rmpeft-lr --evaluate` for the lr-auto table (cells without lr=auto runs)")
+    p.add_argument("--lr-auto-estimator", default=None, metavar="NAME",
+                   help="the estimator of --lr-auto shown (default: the one with the best hit rate)")
     p.add_argument("--format", choices=FORMATS, default="markdown", help="stdout format (default markdown)")
     p.add_argument("--compare-paper", action="store_true",
                    help="put the paper's number and ours − paper beside each cell")
@@ -161,13 +167,16 @@ def run_tables(argv: Sequence[str] | None = None, api: Any = None, stdout: Any =
     _, runs = runs_from_args(args, api=api, warn=lambda text: print(f"rmpeft-tables: {text}", file=stderr))
     selections = list(SELECTIONS) if args.select == "both" else [args.select]
     paper = PaperNumbers.load(args.paper_dir) if args.compare_paper else None
-    which = list(TABLES) if not args.table or "all" in args.table else list(dict.fromkeys(args.table))
+    which = list(TABLES) + [LR_AUTO_TABLE] if not args.table or "all" in args.table else list(dict.fromkeys(args.table))
     ratios = [parse_ratio(r) for r in args.predict_ratio] if args.predict_ratio else None
+    evaluation = read_evaluation(args.lr_auto) if args.lr_auto is not None else None
+    predictions = prediction_rows(runs, evaluation, args.lr_auto_estimator) if LR_AUTO_TABLE in which else []
+    runs = [r for r in runs if not r.lr_auto]   # optim.lr=auto runs appear in the lr-auto table only
     cells, tables, files = [], [], []
     for select in selections:   # test-selected tables follow the validation-selected ones
-        these = aggregate(runs, diverged=args.diverged, select=select)
+        these = aggregate(runs, diverged=args.diverged, select=select) if runs else []
         cells += these
-        built = build_tables(these, which, ratios)
+        built = build_tables(these, [w for w in which if w != LR_AUTO_TABLE], ratios)
         tables += built
         files += [f"{t.name}{'' if select == 'val' else '-test-selected'}" for t in built]
     flags = flag_lines(cells)
@@ -177,6 +186,8 @@ def run_tables(argv: Sequence[str] | None = None, api: Any = None, stdout: Any =
         for t, stem in zip(tables, files):
             for fmt, render in RENDERERS.items():
                 (args.out / f"{stem}.{FORMAT_SUFFIX[fmt]}").write_text(render(t, paper))
+        for fmt in RENDERERS if predictions else ():
+            (args.out / f"{LR_AUTO_TABLE}.{FORMAT_SUFFIX[fmt]}").write_text(render_prediction_table(predictions, fmt))
         (args.out / "cells.json").write_text(json.dumps(cells_json(cells, paper), indent=2) + "\n")
         (args.out / "flags.txt").write_text("".join(f + "\n" for f in flags))
         print(f"wrote {len(tables)} table(s) x {len(RENDERERS)} formats, cells.json and flags.txt to {args.out}",
@@ -186,7 +197,8 @@ def run_tables(argv: Sequence[str] | None = None, api: Any = None, stdout: Any =
         print(json.dumps(cells_json(cells, paper), indent=2), file=stdout)
         return 0
     render = RENDERERS[args.format]
-    print("\n".join(render(t, paper) for t in tables), end="", file=stdout)
+    print("\n".join([render(t, paper) for t in tables]
+                    + ([render_prediction_table(predictions, args.format)] if predictions else [])), end="", file=stdout)
     if flags:
         if args.format == "markdown":
             print("\n### Flags\n\n" + "".join(f"- {f}\n" for f in flags), end="", file=stdout)

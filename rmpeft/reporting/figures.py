@@ -21,7 +21,6 @@ separate series named by the differing fields (``lora (r=16)``), never averaged 
 from __future__ import annotations
 
 import math
-import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -29,6 +28,7 @@ from typing import Any, Callable, Iterable
 from rmpeft.errors import RmpeftError
 from rmpeft.identity import digest
 from rmpeft.records import RunRecord, setting_identity
+from rmpeft.reporting.aggregate import mean_std
 from rmpeft.reporting.runs import GroupKey, variants_of
 
 Record = RunRecord
@@ -92,10 +92,6 @@ def _hessian_norm(rec: Record, phase: str) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else abs(float(value))
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 Series = dict[str, dict[float, list[float]]]     # label -> x -> values over seeds
 Panels = dict[tuple[str, str, str], Series]      # (experiment, model, task) -> series
 
@@ -113,9 +109,9 @@ def _draw(panels: Panels, styles: dict[str, dict[str, Any]], *, xlabel: str,
         for label in sorted(panels[key]):
             points = sorted(panels[key][label].items())
             xs = [x for x, _ in points]
-            stats = [_mean_std(v) for _, v in points]
+            stats = [mean_std(v) for _, v in points]
             style = dict(styles.get(label, {"marker": "o"}))
-            yerr = [s for _, s in stats] if style.pop("errorbars", True) else None
+            yerr = [s or 0.0 for _, s in stats] if style.pop("errorbars", True) else None   # one seed: no bar
             ax.errorbar(xs, [m for m, _ in stats], yerr=yerr, label=label, capsize=3, **style)
         experiment, model, task = key
         ax.set_title(f"{title}: {model} / {task}" + ("" if experiment in ("", "default") else f" ({experiment})"),

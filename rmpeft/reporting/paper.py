@@ -1,4 +1,7 @@
-"""The paper's vocabulary and numbers: display labels, row and column orders, and its printed tables.
+"""The paper's vocabulary and numbers: model labels, row and column orders, and its printed tables.
+
+Task labels are the tasks' (:class:`rmpeft.data.tasks.TaskSpec`), method labels the methods'
+(``@register_method(name, label=...)``).
 
 The printed tables live in ``paper_numbers/*.csv`` beside this module (package data, described by
 ``paper_numbers/README.md``) and are read through :func:`read_paper_table` only.
@@ -12,34 +15,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rmpeft.data.tasks import TASK_ORDER
+from rmpeft.data.tasks import IMAGE_TASK_ORDER, TASK_ORDER, task_label
 from rmpeft.errors import RmpeftError
-from rmpeft.vision.classes import PAPER_TASKS as VISION_TASK_LABELS
+from rmpeft.methods import METHODS
 
 PAPER_NUMBERS_DIR = Path(__file__).resolve().parent / "paper_numbers"
 
-TASK_LABELS = {
-    "sst2": "SST-2", "rte": "RTE", "wsc": "WSC", "wic": "WiC", "cb": "CB", "boolq": "BoolQ",
-    "multirc": "MultiRC", "copa": "COPA", "record": "ReCoRD", "squad": "SQuAD", "drop": "DROP",
-}
 MODELS = {"opt-125m": "OPT-125m", "opt-1.3b": "OPT-1.3b", "opt-13b": "OPT-13b", "llama2-7b": "Llama2-7b",
           "smollm2-135m": "SmolLM2-135M", "clip-vit-b16": "CLIP ViT-B/16"}
-METHODS = {  # in the paper's row order, after the zero-shot reference (method=none)
-    "none": "Zero-shot", "ft": "FT", "adapter": "Adapter", "lora": "LoRA", "adalora": "AdaLoRA", "prefix": "Prefix",
-    "bitfit": "BitFit", "masking": "Masking", "structured_masking": "Masking(S)",
-    "shira": "SHiRA",   # not in the paper: a baseline beside it
-}
+# The paper's row order, after the zero-shot reference (method=none); SHiRA is not in the paper: a
+# baseline beside it.
+METHOD_ORDER = ("none", "ft", "adapter", "lora", "adalora", "prefix", "bitfit", "masking", "structured_masking",
+                "shira")
 MASKING_METHODS = ("masking", "structured_masking")
 # The trainable shares the paper sweeps (Table 5); the default ratios the predictor fills in.
 PAPER_RATIOS = (0.1, 0.05, 0.01, 0.005, 0.001, 0.0005, 0.0001, 0.00005, 0.00001)
 # The paper's tables with one row per (model, method, params) and one column per task.
 TASK_TABLES = ("table5_main.csv", "table8_structured.csv")
-# Table 2: CLIP ViT-B/16 on image tasks (VISION_TASK_LABELS, in its column order); no model column.
+# Table 2: CLIP ViT-B/16 on image tasks (IMAGE_TASK_ORDER, in its column order); no model column.
 VISION_TABLE, VISION_MODEL = "table2_vision.csv", "clip-vit-b16"
-
-
-def task_label(task: str) -> str:
-    return TASK_LABELS.get(task) or VISION_TASK_LABELS.get(task, task)
 
 
 def model_label(model: str) -> str:
@@ -47,7 +41,8 @@ def model_label(model: str) -> str:
 
 
 def method_label(method: str) -> str:
-    return METHODS.get(method, method)
+    """A method's label in tables and figures (the name itself for a method no longer registered)."""
+    return METHODS[method].label if method in METHODS else method
 
 
 def percent_text(share: float) -> str:
@@ -82,7 +77,7 @@ def parse_ratio(text: str) -> float:
 
 def task_order(tasks: Iterable[str]) -> list[str]:
     """The paper's column order (Table 5's tasks, then Table 2's), then other tasks alphabetically."""
-    known = list(TASK_ORDER) + list(VISION_TASK_LABELS)
+    known = list(TASK_ORDER) + list(IMAGE_TASK_ORDER)
     return sorted(set(tasks), key=lambda t: (known.index(t) if t in known else len(known), t))
 
 
@@ -93,7 +88,7 @@ def model_key(model: str) -> tuple[int, str]:
 
 def row_key(model: str, method: str, ratio: float | None) -> tuple:
     """Sort key of a table row: model, then the paper's method order, then ratio descending."""
-    known = list(METHODS)
+    known = list(METHOD_ORDER)
     return (model_key(model), known.index(method) if method in known else len(known), method,
             -(ratio if ratio is not None else math.inf))
 
@@ -125,7 +120,7 @@ class PaperNumbers:
     @classmethod
     def load(cls, folder: Path | None = None) -> PaperNumbers:
         """Tables 5, 8 and 2 from ``folder`` (default: the numbers shipped with rmpeft)."""
-        by_label = {v: k for k, v in {**TASK_LABELS, **VISION_TASK_LABELS}.items()}
+        by_label = {task_label(t): t for t in TASK_ORDER + IMAGE_TASK_ORDER}
         rows = []
         for name in (*TASK_TABLES, VISION_TABLE):
             for line in read_paper_table(name, folder):

@@ -8,8 +8,9 @@ import io
 import statistics
 from collections.abc import Sequence
 
+from rmpeft.data.tasks import TASK_ORDER
 from rmpeft.reporting.aggregate import Cell
-from rmpeft.reporting.paper import TASK_LABELS, PaperNumbers, PaperRow, lr_text, model_label, task_label
+from rmpeft.reporting.paper import PaperNumbers, PaperRow, lr_text, model_label, task_label
 from rmpeft.reporting.tables import Table, row_label
 
 FORMATS = ("markdown", "latex", "csv")
@@ -54,7 +55,7 @@ def paper_avg(prow: PaperRow | None, tasks: Sequence[str]) -> float | None:
     the mean of its printed cells for those tasks."""
     if prow is None or not tasks or any(t not in prow.values for t in tasks):
         return None
-    if set(tasks) == set(TASK_LABELS) and prow.avg is not None:
+    if set(tasks) == set(TASK_ORDER) and prow.avg is not None:
         return prow.avg
     return statistics.fmean(prow.values[t] for t in tasks)
 

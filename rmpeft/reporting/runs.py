@@ -63,6 +63,7 @@ class RunResult:
     protocol: str = "clean"     # config `protocol.name` (part of the setting)
     setting_tree: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     zero_shot: bool = False     # nothing trained (0 trainable parameters): the LR plays no part
+    lr_auto: bool = False       # optim.lr=auto: ``lr`` is the predicted one (record key ``lr_auto``)
 
     @property
     def group(self) -> GroupKey:
@@ -115,7 +116,7 @@ def run_from_record(record: RunRecord | dict[str, Any], source: str = "") -> Run
         task=str(rec.get("task.name")),
         method=str(rec.get("method.name")),
         ratio=_float_or_none(rec.get("method.ratio")),
-        lr=float(rec.get("optim.lr")),
+        lr=trained_lr(rec, source),
         seed=int(rec.get("seed") or 0),
         status=status,
         val=val,
@@ -128,7 +129,19 @@ def run_from_record(record: RunRecord | dict[str, Any], source: str = "") -> Run
         protocol=str(rec.get("protocol.name") or "clean"),
         setting_tree=setting_identity(rec.config),
         zero_shot=_is_zero_shot(rec),
+        lr_auto=rec.get("optim.lr") == "auto",
     )
+
+
+def trained_lr(rec: RunRecord, source: str = "") -> float:
+    """The LR a run trained at: ``optim.lr``, or for ``optim.lr=auto`` the predicted one."""
+    if rec.get("optim.lr") != "auto":
+        return float(rec.get("optim.lr"))
+    predicted = (rec.lr_auto or {}).get("lr")
+    if not isinstance(predicted, (int, float)):
+        raise RmpeftError(f"run record {source or '?'}: optim.lr=auto without a predicted lr (it ended before "
+                          "the prediction)")
+    return float(predicted)
 
 
 def _is_zero_shot(rec: RunRecord) -> bool:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rmpeft.data.tasks import IMAGE_TASKS
 from rmpeft.errors import unknown_choice
 from rmpeft.reporting.aggregate import Cell
 from rmpeft.reporting.paper import (
@@ -39,7 +40,6 @@ from rmpeft.reporting.paper import (
     task_order,
 )
 from rmpeft.reporting.predictor import fit_lr_scaling
-from rmpeft.vision.classes import IMAGE_TASKS
 
 TABLES = ("main", "structured", "lr-masking", "lr-baselines", "vision")
 
@@ -51,7 +51,7 @@ def row_label(method: str, variant: str | None) -> str:
 
 
 @dataclass
-class Row:
+class TableRow:
     model: str
     method: str
     ratio: float | None
@@ -78,15 +78,15 @@ class Table:
     title: str
     kind: str                 # "metric" | "lr"
     tasks: list[str]
-    rows: list[Row]
+    rows: list[TableRow]
     notes: list[str] = field(default_factory=list)
 
 
-def _rows(cells: Iterable[Cell]) -> list[Row]:
-    rows: dict[tuple, Row] = {}
+def _rows(cells: Iterable[Cell]) -> list[TableRow]:
+    rows: dict[tuple, TableRow] = {}
     for c in cells:
         key = (c.model, c.method, c.ratio, c.variant)
-        rows.setdefault(key, Row(c.model, c.method, c.ratio, {}, variant=c.variant)).cells[c.task] = c
+        rows.setdefault(key, TableRow(c.model, c.method, c.ratio, {}, variant=c.variant)).cells[c.task] = c
     return [rows[k] for k in sorted(rows, key=lambda k: row_key(*k[:3]) + (k[3] or "",))]
 
 
@@ -145,7 +145,7 @@ def _add_predictions(table: Table, cells: list[Cell], predict_ratios: Sequence[f
             r for r in PAPER_RATIOS if not any(math.isclose(r, s, rel_tol=1e-6) for s in swept if s is not None)]
         for ratio in ratios:
             pred = {t: fit.predict(ratio, t) for t in table.tasks if t in fit.intercepts}
-            row = Row(fit.model, fit.method, ratio, {}, {t: v for t, v in pred.items() if v is not None}, fit.variant)
+            row = TableRow(fit.model, fit.method, ratio, {}, {t: v for t, v in pred.items() if v is not None}, fit.variant)
             table.rows.append(row)
             pooled = fit.predict(ratio)
             table.notes.append(f"Predicted best lr for {model_label(fit.model)} {row_label(fit.method, fit.variant)} at "

@@ -16,7 +16,7 @@ import torch
 
 from rmpeft.data.example import Example
 
-Row = tuple[list[int], int]   # token ids of ``<bos> prompt candidate`` and the candidate's start
+TokenRow = tuple[list[int], int]   # token ids of ``<bos> prompt candidate`` and the candidate's start
 
 
 @dataclass
@@ -89,7 +89,7 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode_candidate(tokenizer, prompt: str, candidate: str, max_length: int) -> Row:
+def encode_candidate(tokenizer, prompt: str, candidate: str, max_length: int) -> TokenRow:
     """Token ids of ``<bos> prompt candidate`` and the index where the candidate starts.
 
     Over-long inputs are truncated from the left (the candidate is always kept whole).
@@ -104,19 +104,19 @@ def encode_candidate(tokenizer, prompt: str, candidate: str, max_length: int) ->
     return ids, len(bos) + len(p)
 
 
-def encode_example(example: Example, tokenizer, max_length: int, candidates: str = "all") -> list[Row]:
+def encode_example(example: Example, tokenizer, max_length: int, candidates: str = "all") -> list[TokenRow]:
     """The rows of one example: every candidate (``"all"``) or only the gold one (``"gold"``)."""
     cands = [example.candidates[example.gold]] if candidates == "gold" else example.candidates
     return [encode_candidate(tokenizer, example.prompt, c, max_length) for c in cands]
 
 
-def flat_tokens(rows: list[list[Row]]) -> int:
+def flat_tokens(rows: list[list[TokenRow]]) -> int:
     """Size of the flat layout of these examples' rows: row count x longest row."""
     flat = [ids for ex in rows for ids, _ in ex]
     return len(flat) * max((len(ids) for ids in flat), default=0)
 
 
-def token_chunks(rows: list[list[Row]], max_tokens: int | None) -> list[list[int]]:
+def token_chunks(rows: list[list[TokenRow]], max_tokens: int | None) -> list[list[int]]:
     """Consecutive example indices grouped so that each group's flat layout holds at most
     ``max_tokens`` tokens (an example larger than that alone forms a group); None: one group."""
     return size_chunks([(len(ex), max((len(ids) for ids, _ in ex), default=0)) for ex in rows], max_tokens)
@@ -150,7 +150,7 @@ def _right_padded(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
-def collate_rows(rows: list[list[Row]], gold: list[int], pad: int) -> Batch:
+def collate_rows(rows: list[list[TokenRow]], gold: list[int], pad: int) -> Batch:
     """One :class:`Batch` (both layouts) of already encoded examples."""
     flat = [row for ex in rows for row in ex]
     owner = [i for i, ex in enumerate(rows) for _ in ex]

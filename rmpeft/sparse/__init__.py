@@ -4,7 +4,7 @@ Modules, in import order (each imports only those above it):
 
 * :mod:`~rmpeft.sparse.base`: the backend interface; :mod:`~rmpeft.sparse.indexing`: flat positions,
   CSR offsets and ``W + S``; :mod:`~rmpeft.sparse.strategy_tuning`: per-shape choice among a backend's
-  equivalent strategies, by measurement, stored per machine; :mod:`~rmpeft.sparse.sampling`: exact
+  equivalent strategies, by measurement, stored per machine; :mod:`~rmpeft.sparse.mask_sampling`: exact
   uniform mask sampling;
 * the backends: :mod:`~rmpeft.sparse.dense` (reference), :mod:`~rmpeft.sparse.torch_backend`,
   :mod:`~rmpeft.sparse.merged` (shared by) :mod:`~rmpeft.sparse.spops_backend` and
@@ -26,7 +26,7 @@ from rmpeft.sparse.layers import (
     unpatch,
 )
 from rmpeft.sparse.registry import BACKEND_NAMES, available_backends, get_backend
-from rmpeft.sparse.sampling import (
+from rmpeft.sparse.mask_sampling import (
     column_order,
     index_dtype,
     sample_positions,

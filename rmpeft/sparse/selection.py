@@ -24,7 +24,7 @@ from rmpeft.sparse import strategy_tuning
 from rmpeft.sparse.base import SparseBackend
 from rmpeft.sparse.layers import MaskedLinear
 from rmpeft.sparse.registry import BACKEND_NAMES, CONCRETE_NAMES, available_backends, backends, get_backend
-from rmpeft.sparse.sampling import sample_positions
+from rmpeft.sparse.mask_sampling import sample_positions
 from rmpeft.sparse.torch_backend import TorchBackend
 
 AUTO_TOKENS = 1024          # tokens of the synthetic batch (8 x 128, the paper's batch of short prompts)

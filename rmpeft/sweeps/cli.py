@@ -31,6 +31,7 @@ from rmpeft.config import REPO, check_choices, compose_run, hydra_initialized
 from rmpeft.errors import RmpeftError
 from rmpeft.sweeps.compose import RunConfigs
 from rmpeft.sweeps.launch import launch, local_parallelism
+from rmpeft.sweeps.lr_grid import predicted_grid_sweep, split_lr_grid
 from rmpeft.sweeps.spec import SweepFile, load_sweep, override_key, parse_override
 from rmpeft.sweeps.status import SweepRun, counts, expand, mark_dead, refresh_status, summary_line
 
@@ -163,7 +164,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="rmpeft-sweep",
         description="Report a sweep's runs by status and launch those not finished.",
         epilog="Overrides of a swept key restrict the sweep to those values (seed=1, model=opt-125m,opt-1.3b); "
-        "other overrides apply to every run (cluster=slurm, cluster.partition=gpu, results_root=DIR).",
+        "other overrides apply to every run (cluster=slurm, cluster.partition=gpu, results_root=DIR); "
+        "lr_grid=auto:K replaces each cell's learning rates by K points half a decade apart centred on the LR "
+        "predicted for it (docs/lr-prediction.md).",
     )
     p.add_argument("file", help="sweep file (or the name of one in sweeps/)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides")
@@ -186,9 +189,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         path = resolve_sweep_path(args.file)
-        sweep = load_sweep(path).with_overrides(args.overrides)
+        lr_points, overrides = split_lr_grid(args.overrides)
+        sweep = load_sweep(path).with_overrides(overrides)
         check_choices(list(sweep.fixed) + [o for axes in sweep.grid_axes() for a in axes for o in a.overrides])
         with hydra_initialized(job_name=f"rmpeft-{sweep.name}"):
+            if lr_points is not None:   # lr_grid=auto:K: each cell's grid centred on its predicted LR
+                sweep = predicted_grid_sweep(sweep, lr_points, say=say)
             shown, sweep = sweep, pin_sweep_dir(sweep)
             runs = expand(sweep, exact=args.exact)
             refresh_status(runs)

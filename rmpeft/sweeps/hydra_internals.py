@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import hydra
 from hydra._internal.callbacks import Callbacks
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.global_hydra import GlobalHydra
@@ -29,13 +28,9 @@ SUPPORTED = (("hydra-core", "1.3."), ("hydra-submitit-launcher", "1.2.0"))
 
 __all__ = [
     "JobReturn", "JobStatus", "Override", "SUPPORTED", "apply_value_overrides", "group_has_options",
-    "hydra_version", "instantiate_launcher", "is_submitit_launcher", "new_override_parser", "singleton_state",
+    "instantiate_launcher", "is_submitit_launcher", "new_override_parser", "singleton_state",
     "submitit_executor", "submitit_kind",
 ]
-
-
-def hydra_version() -> str:
-    return hydra.__version__
 
 
 def new_override_parser() -> OverridesParser:

@@ -5,9 +5,10 @@
 - :mod:`rmpeft.vision.data`: examples and the train / validation / test splits.
 - :mod:`rmpeft.vision.tiny`: the tiny random CLIP for tests and smoke runs.
 - :mod:`rmpeft.vision.model`: the classifier (image encoder + fixed head) and its loading.
+- :mod:`rmpeft.vision.family`: the ``clip`` model family (registered by :mod:`rmpeft.models`).
 """
 
-from rmpeft.vision.classes import CLASS_SPECS, IMAGE_TASKS, PAPER_TASKS, ClassSpec, class_spec
+from rmpeft.vision.classes import CLASS_SPECS, ClassSpec, class_spec
 from rmpeft.vision.data import (
     ImageBatch,
     ImageExample,
@@ -25,6 +26,6 @@ from rmpeft.vision.model import (
     zero_shot_head,
 )
 
-__all__ = ["CLASS_SPECS", "IMAGE_TASKS", "PAPER_TASKS", "ClassSpec", "ImageBatch", "ImageClassifier", "ImageExample",
+__all__ = ["CLASS_SPECS", "ClassSpec", "ImageBatch", "ImageClassifier", "ImageExample",
            "ImageSplit", "build_classifier", "class_spec", "classifier_on_meta", "collate_images", "load_clip",
            "load_image_classifier", "load_image_splits", "pixel_values", "zero_shot_head"]

@@ -81,12 +81,6 @@ CLASS_SPECS: dict[str, ClassSpec] = {
 }
 
 
-# The tasks of the paper's Table 2 in its column order, with its column labels.
-PAPER_TASKS: dict[str, str] = {"cifar10": "CIFAR10", "gtsrb": "GTSRB", "mnist": "MNIST", "svhn": "SVHN",
-                               "resisc45": "RESISC45"}
-IMAGE_TASKS: tuple[str, ...] = tuple(CLASS_SPECS)
-
-
 def class_spec(task: str) -> ClassSpec:
     """The class names and templates of ``task`` (one of :data:`CLASS_SPECS`)."""
     if task not in CLASS_SPECS:

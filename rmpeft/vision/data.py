@@ -25,6 +25,7 @@ from PIL import Image
 
 from rmpeft.data.sampling import plan_splits
 from rmpeft.errors import RmpeftError, unknown_choice
+from rmpeft.identity import config_value
 from rmpeft.validation import TRAIN_AUGMENTS
 from rmpeft.vision.classes import class_spec
 from rmpeft.vision.layouts import ImageSource, read_sources
@@ -163,13 +164,13 @@ def load_image_splits(task_cfg: Any, data_seed: int) -> dict[str, ImageSplit]:
     train_src, test_src = read_sources(task_cfg)
     for source, split in ((train_src, "train"), (test_src, "test")):
         _check_labels(source, len(spec.classnames), str(task_cfg.name), split)
-    full = bool(task_cfg.get("full_train", True))
-    num_test = task_cfg.get("num_test")
+    full = bool(config_value(task_cfg, "task.full_train", "task"))
+    num_test = config_value(task_cfg, "task.num_test", "task")
     plan = plan_splits(len(train_src), len(test_src),
                        num_train=len(train_src) if full else int(task_cfg.num_train), num_val=int(task_cfg.num_val),
                        num_test=len(test_src) if num_test is None else int(num_test), seed=int(data_seed),
                        full_train=full, task=str(task_cfg.name))
-    augment = str(task_cfg.get("train_augment") or "none")
+    augment = str(config_value(task_cfg, "task.train_augment", "task"))
     if augment not in TRAIN_AUGMENTS:
         raise unknown_choice("task.train_augment", augment, TRAIN_AUGMENTS)
     crops = int(data_seed) if augment == "random_resized_crop" else None

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from rmpeft.deltas.format import Delta
+from rmpeft.methods.delta_format import Delta
 from rmpeft.errors import RmpeftError
 
 CONFIG_FILE = "adapter_config.json"

@@ -26,7 +26,7 @@ from rmpeft.analysis.hessian import HVP_MODES
 from rmpeft.analysis.sharpness import SPARSE_BACKEND_CHOICES, measure_run
 from rmpeft.deltas.apply import build_delta_run
 from rmpeft.deltas.export import DELTA_DIR, LEGACY_TRAINABLE_FILE, load_trainable
-from rmpeft.deltas.format import META_FILE, open_delta
+from rmpeft.methods.delta_format import META_FILE, open_delta
 from rmpeft.errors import USAGE_EXIT, RmpeftError, unknown_choice
 from rmpeft.records import read_record, write_record
 from rmpeft.run import Run, build_run

@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rmpeft.identity import FINGERPRINT_CHARS
 from rmpeft.models import model_source
 
 VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "_commit_hash")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 SAMPLE_BYTES = 1 << 20
-HASH_CHARS = 16
 
 
 def _local_folder(source: str, revision: str | None) -> Path | None:
@@ -54,7 +54,7 @@ def folder_fingerprint(folder: Path) -> str:
         h.update(json.dumps(facts, sort_keys=True).encode())
     for path in sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
         h.update(_file_digest(path.resolve()).encode())
-    return h.hexdigest()[:HASH_CHARS]
+    return h.hexdigest()[:FINGERPRINT_CHARS]
 
 
 def base_fingerprint(model_cfg: Any, cache_dir: str | Path) -> dict[str, Any]:
@@ -66,6 +66,6 @@ def base_fingerprint(model_cfg: Any, cache_dir: str | Path) -> dict[str, Any]:
         fingerprint, basis = folder_fingerprint(folder), "weights"
     else:
         text = json.dumps({"source": source, "revision": revision}, sort_keys=True)
-        fingerprint, basis = hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS], "name"
+        fingerprint, basis = hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_CHARS], "name"
     return {"name": str(model_cfg.get("name")), "source": source, "revision": revision,
             "fingerprint": fingerprint, "from": basis}

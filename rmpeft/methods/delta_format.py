@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from rmpeft.errors import RmpeftError
+from rmpeft.identity import FINGERPRINT_CHARS
 from rmpeft.records import atomic_write_json
 
 FORMAT = "rmpeft-delta"
@@ -37,7 +38,6 @@ META_FILE = "delta.json"
 V1_UNLISTED = ("adapter_config.json", "README.md")
 TENSOR_FILE = "delta.safetensors"
 PEFT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-HASH_CHARS = 16
 
 
 def file_sha256(path: Path) -> str:
@@ -75,7 +75,7 @@ def content_hash(file_sha256s: dict[str, str]) -> str:
 def delta_fingerprint(method: str, base_fingerprint: str, files: dict[str, dict[str, Any]]) -> str:
     """Hash of the method, the base fingerprint and the tensor files' checksums."""
     tree = {"method": method, "base": base_fingerprint, "files": {k: v["sha256"] for k, v in sorted(files.items())}}
-    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:HASH_CHARS]
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:FINGERPRINT_CHARS]
 
 
 def finish_metadata(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
