@@ -174,6 +174,26 @@ def test_different_base_is_refused(root, capsys):
     assert "fingerprint" in line and "base model" in line
 
 
+def _rewrite_meta(folder, **changes) -> None:
+    meta = json.loads((folder / META_FILE).read_text())
+    meta.update(changes)
+    (folder / META_FILE).write_text(json.dumps(meta))
+
+
+def _flip_last_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _copy_of_a_trained_delta(root, tmp_path, name: str = "bad.delta"):
+    """A copy of a trained masking delta, free to be damaged; also the original's folder."""
+    _, _, out = trained(root, "masking")
+    copy = tmp_path / name
+    shutil.copytree(out, copy)
+    return copy, out
+
+
 @pytest.mark.parametrize("damage,match", [
     ("truncate", "truncated"),
     ("flip", "SHA-256"),
@@ -181,16 +201,12 @@ def test_different_base_is_refused(root, capsys):
     ("missing", "is missing"),
 ])
 def test_corrupt_delta_is_refused(root, tmp_path, capsys, damage, match):
-    _, _, out = trained(root, "masking")
-    bad = tmp_path / "bad.delta"
-    shutil.copytree(out, bad)
+    bad, _ = _copy_of_a_trained_delta(root, tmp_path)
     tensors = bad / tensor_files(bad)[0]
     if damage == "truncate":
         tensors.write_bytes(tensors.read_bytes()[:-16])
     elif damage == "flip":
-        data = bytearray(tensors.read_bytes())
-        data[-1] ^= 0xFF
-        tensors.write_bytes(bytes(data))
+        _flip_last_byte(tensors)
     elif damage == "json":
         (bad / META_FILE).write_text("{not json")
     else:
@@ -231,18 +247,6 @@ def test_export_of_a_run_without_delta_is_one_line(root, tmp_path, capsys):
     assert "kept no delta" in _one_line_error(capsys)
 
 
-def _rewrite_meta(folder, **changes) -> None:
-    meta = json.loads((folder / META_FILE).read_text())
-    meta.update(changes)
-    (folder / META_FILE).write_text(json.dumps(meta))
-
-
-def _flip_last_byte(path) -> None:
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("damage,match", [
     ("unlisted", "extra.bin is not listed in delta.json"),
     ("empty_listing", "is not listed in delta.json"),
@@ -250,9 +254,7 @@ def _flip_last_byte(path) -> None:
     ("subfolder", "sub is not listed in delta.json"),
 ])
 def test_every_file_of_a_delta_is_verified(root, tmp_path, capsys, damage, match):
-    _, _, out = trained(root, "masking")
-    bad = tmp_path / "bad.delta"
-    shutil.copytree(out, bad)
+    bad, _ = _copy_of_a_trained_delta(root, tmp_path)
     if damage == "unlisted":
         (bad / "extra.bin").write_bytes(b"x")
     elif damage == "empty_listing":   # modified tensors, and a listing that names none of them
@@ -273,11 +275,9 @@ def test_every_file_of_a_delta_is_verified(root, tmp_path, capsys, damage, match
 
 
 def test_a_modified_delta_is_never_taken_for_an_evaluated_one(root, tmp_path, capsys):
-    _, _, out = trained(root, "masking")
+    bad, out = _copy_of_a_trained_delta(root, tmp_path, "modified.delta")
     assert eval_main([str(out), f"results_root={root / 'runs'}", "task.num_test=8"]) == 0
     capsys.readouterr()
-    bad = tmp_path / "modified.delta"
-    shutil.copytree(out, bad)
     _flip_last_byte(bad / TENSOR_FILE)
     _rewrite_meta(bad, files={})
     assert eval_main([str(bad), f"results_root={root / 'runs'}", "task.num_test=8"]) == 2
