@@ -255,6 +255,15 @@ def test_predictor_recovers_an_exact_power_law():
     assert "ratio^-0.50" in fit.describe()
 
 
+def test_predictor_reports_each_tasks_own_slope():
+    cells = _power_law_cells(-0.5, {"rte": -4.0}, [0.01, 0.001, 0.0001])
+    cells += _power_law_cells(-1.0, {"sst2": -5.0}, [0.01, 0.001])
+    cells += _power_law_cells(-1.0, {"wic": -5.0}, [0.01])          # one ratio: no slope of its own
+    (fit,) = fit_lr_scaling(cells)
+    assert fit.task_slopes == pytest.approx({"rte": -0.5, "sst2": -1.0})
+    assert fit.describe().endswith("; per task: rte -0.50, sst2 -1.00)")
+
+
 def test_predictor_per_model_and_method_and_needs_two_ratios():
     cells = _power_law_cells(-1.0, {"rte": -5.0}, [0.01, 0.001])
     cells += aggregate(runs(record(model="opt-13b", ratio=0.01, lr=1e-2, val=0.9, test=0.9),

@@ -392,3 +392,23 @@ def test_a_finished_record_without_numeric_metrics_is_reported_as_invalid(tmp_pa
     (cell,) = json.loads(out.out)
     assert cell["n_seeds"] == 1 and all(f["kind"] != "failed" for f in cell["flags"])
     assert all(not lr["failed"] for lr in cell["lrs"])
+
+
+def test_compute_table_sums_the_wall_time_of_done_runs(tmp_path):
+    recs = [{**record("rte", "ft", 1e-3, 0, 0.7, 0.6), "wall_s": 1800.0},
+            {**record("rte", "ft", 1e-2, 0, 0.7, 0.6), "wall_s": 3600.0},
+            {**record("sst2", "ft", 1e-3, 0, status="diverged"), "wall_s": 360.0},
+            {**record("sst2", "ft", 1e-2, 0, status="failed"), "wall_s": 9999.0},        # not counted
+            {**record("sst2", "masking", 1e-2, 0, 0.8, 0.8, ratio=0.001), "wall_s": 720.0},
+            record("sst2", "masking", 1e-1, 0, 0.8, 0.8, ratio=0.001)]                  # no wall time
+    out, _ = cli(write_all(tmp_path / "runs", recs), "--table", "compute")
+    assert out.splitlines()[2:7] == [
+        "| Model | Method | SST-2 | RTE | Total |",
+        "|---|---|---:|---:|---:|",
+        "| OPT-125m | FT | 0.10 (1) | 1.50 (2) | 1.60 (3) |",
+        "| OPT-125m | Masking 0.1% | 0.20 (1) |  | 0.20 (1) |",
+        "|  | Total | 0.30 (2) | 1.50 (2) | 1.80 (4) |",
+    ]
+    assert "Flags" not in out and "Table 1/5" not in out    # only the table named
+    csv_out, _ = cli(tmp_path / "runs", "--table", "compute", "--format", "csv")
+    assert list(csv.reader(io.StringIO(csv_out)))[-1] == ["", "Total", "0.30 (2)", "1.50 (2)", "1.80 (4)"]

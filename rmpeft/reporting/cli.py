@@ -25,6 +25,7 @@ from rmpeft.errors import RmpeftError
 from rmpeft.records import RunRecord
 from rmpeft.reporting import figures
 from rmpeft.reporting.aggregate import DIVERGED_POLICIES, SELECTIONS, aggregate
+from rmpeft.reporting.compute import COMPUTE_TABLE, render_compute_table
 from rmpeft.reporting.lr_curves import plot_lr_curves
 from rmpeft.reporting.lr_prediction import LR_AUTO_TABLE, prediction_rows, read_evaluation, render_prediction_table
 from rmpeft.reporting.paper import PaperNumbers, parse_ratio
@@ -132,9 +133,10 @@ def tables_parser() -> argparse.ArgumentParser:
                     "mean ± std over seeds, flags for grids that need extending.",
     )
     add_source_arguments(p)
-    p.add_argument("--table", action="append", choices=TABLES + (LR_AUTO_TABLE, "all"),
+    p.add_argument("--table", action="append", choices=TABLES + (LR_AUTO_TABLE, COMPUTE_TABLE, "all"),
                    help="which table (default: all that have rows); repeatable. lr-auto: the predicted LR "
-                        "(optim.lr=auto runs, or --lr-auto) against the grid's best per cell")
+                        "(optim.lr=auto runs, or --lr-auto) against the grid's best per cell; compute (only "
+                        "when named, not part of all): hours of wall time per method and task")
     p.add_argument("--lr-auto", type=Path, default=None, metavar="FILE",
                    help="the JSON of `rmpeft-lr --evaluate` for the lr-auto table (cells without lr=auto runs)")
     p.add_argument("--lr-auto-estimator", default=None, metavar="NAME",
@@ -171,12 +173,14 @@ def run_tables(argv: Sequence[str] | None = None, api: Any = None, stdout: Any =
     ratios = [parse_ratio(r) for r in args.predict_ratio] if args.predict_ratio else None
     evaluation = read_evaluation(args.lr_auto) if args.lr_auto is not None else None
     predictions = prediction_rows(runs, evaluation, args.lr_auto_estimator) if LR_AUTO_TABLE in which else []
+    compute = render_compute_table(runs, args.format) if COMPUTE_TABLE in which else ""
     runs = [r for r in runs if not r.lr_auto]   # optim.lr=auto runs appear in the lr-auto table only
     cells, tables, files = [], [], []
-    for select in selections:   # test-selected tables follow the validation-selected ones
+    table_names = [w for w in which if w not in (LR_AUTO_TABLE, COMPUTE_TABLE)]
+    for select in selections if table_names else ():   # test-selected tables follow the validation-selected ones
         these = aggregate(runs, diverged=args.diverged, select=select) if runs else []
         cells += these
-        built = build_tables(these, [w for w in which if w != LR_AUTO_TABLE], ratios)
+        built = build_tables(these, table_names, ratios)
         tables += built
         files += [f"{t.name}{'' if select == 'val' else '-test-selected'}" for t in built]
     flags = flag_lines(cells)
@@ -188,6 +192,8 @@ def run_tables(argv: Sequence[str] | None = None, api: Any = None, stdout: Any =
                 (args.out / f"{stem}.{FORMAT_SUFFIX[fmt]}").write_text(render(t, paper))
         for fmt in RENDERERS if predictions else ():
             (args.out / f"{LR_AUTO_TABLE}.{FORMAT_SUFFIX[fmt]}").write_text(render_prediction_table(predictions, fmt))
+        for fmt in RENDERERS if compute else ():
+            (args.out / f"{COMPUTE_TABLE}.{FORMAT_SUFFIX[fmt]}").write_text(render_compute_table(runs, fmt))
         (args.out / "cells.json").write_text(json.dumps(cells_json(cells, paper), indent=2) + "\n")
         (args.out / "flags.txt").write_text("".join(f + "\n" for f in flags))
         print(f"wrote {len(tables)} table(s) x {len(RENDERERS)} formats, cells.json and flags.txt to {args.out}",
@@ -198,7 +204,8 @@ def run_tables(argv: Sequence[str] | None = None, api: Any = None, stdout: Any =
         return 0
     render = RENDERERS[args.format]
     print("\n".join([render(t, paper) for t in tables]
-                    + ([render_prediction_table(predictions, args.format)] if predictions else [])), end="", file=stdout)
+                    + ([render_prediction_table(predictions, args.format)] if predictions else [])
+                    + ([compute] if compute else [])), end="", file=stdout)
     if flags:
         if args.format == "markdown":
             print("\n### Flags\n\n" + "".join(f"- {f}\n" for f in flags), end="", file=stdout)

@@ -7,7 +7,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class LRFit:
     r2: float | None
     reason: str | None = None               # why there is no fit
     variant: str | None = None              # the setting label of the fitted cells (Cell.variant)
+    task_slopes: dict[str, float] = field(default_factory=dict)   # task -> its own slope (2+ ratios)
 
     @property
     def name(self) -> str:
@@ -49,11 +50,21 @@ class LRFit:
         if self.slope is None:
             return f"{self.name}: no fit ({self.reason})"
         r2 = "n/a" if self.r2 is None else f"{self.r2:.2f}"
+        per_task = ""
+        if len(self.intercepts) > 1 and self.task_slopes:
+            per_task = "; per task: " + ", ".join(f"{t} {s:.2f}" for t, s in sorted(self.task_slopes.items()))
         return (
             f"{self.name}: best lr ~ ratio^{self.slope:.2f} "
             f"({self.n_points} points over {self.n_ratios} ratios and {len(self.intercepts)} tasks, "
-            f"{self.n_edge} at a grid edge, R^2 {r2})"
+            f"{self.n_edge} at a grid edge, R^2 {r2}{per_task})"
         )
+
+
+def _slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of ys on xs; None when the xs do not vary."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return None if sxx == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
 
 
 def fit_lr_scaling(cells: Iterable[Cell]) -> list[LRFit]:
@@ -81,8 +92,14 @@ def fit_lr_scaling(cells: Iterable[Cell]) -> list[LRFit]:
         resid = y - x @ coef
         ss_tot = float(((y - y.mean()) ** 2).sum())
         r2 = None if ss_tot == 0 else 1.0 - float((resid**2).sum()) / ss_tot
+        task_slopes = {}
+        for t in tasks:
+            own = [c for c in cs if c.task == t]
+            slope = _slope([math.log10(c.ratio) for c in own], [math.log10(c.best_lr) for c in own])  # type: ignore[arg-type]
+            if slope is not None:
+                task_slopes[t] = slope
         fits.append(LRFit(
             model, method, float(coef[-1]), {t: float(coef[i]) for i, t in enumerate(tasks)},
-            len(cs), len(ratios), n_edge, r2, variant=variant or None,
+            len(cs), len(ratios), n_edge, r2, variant=variant or None, task_slopes=task_slopes,
         ))
     return fits

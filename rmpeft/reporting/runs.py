@@ -64,6 +64,7 @@ class RunResult:
     setting_tree: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     zero_shot: bool = False     # nothing trained (0 trainable parameters): the LR plays no part
     lr_auto: bool = False       # optim.lr=auto: ``lr`` is the predicted one (record key ``lr_auto``)
+    wall_s: float | None = field(default=None, compare=False)   # the run's wall time (record ``wall_s``)
 
     @property
     def group(self) -> GroupKey:
@@ -130,6 +131,7 @@ def run_from_record(record: RunRecord | dict[str, Any], source: str = "") -> Run
         setting_tree=setting_identity(rec.config),
         zero_shot=_is_zero_shot(rec),
         lr_auto=rec.get("optim.lr") == "auto",
+        wall_s=_float_or_none(rec.wall_s),
     )
 
 
