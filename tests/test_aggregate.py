@@ -289,3 +289,14 @@ def test_predictor_least_squares_on_noisy_points():
     ss_res = sum((y - (my + slope * (x - mx))) ** 2 for x, y in zip(xs, ys, strict=True))
     ss_tot = sum((y - my) ** 2 for y in ys)
     assert fit.r2 == pytest.approx(1 - ss_res / ss_tot) == pytest.approx(0.75)
+
+
+def test_a_cell_whose_runs_come_from_several_commits_is_flagged():
+    rs = [{**record(lr=1e-2, seed=0), "git_commit": "a" * 40}, {**record(lr=1e-1, seed=0), "git_commit": "b" * 40},
+          {**record(lr=1e-1, seed=1), "git_commit": "b" * 40},
+          {**record(task="sst2", lr=1e-2, seed=0), "git_commit": "a" * 40},
+          {**record(task="sst2", lr=1e-1, seed=0, status="failed"), "git_commit": "c" * 40}]   # not a result
+    cells = {c.task: c for c in aggregate(runs(*rs))}
+    (flag,) = [f for f in cells["rte"].flags if f.kind == "commits"]
+    assert flag.message.startswith("runs from 2 rmpeft commits (aaaaaaa: 1, bbbbbbb: 2)")
+    assert not [f for f in cells["sst2"].flags if f.kind == "commits"]

@@ -19,7 +19,8 @@ One *cell* is a group of runs sharing (model, task, method, ratio, setting hash)
   finished seeds at the best LR.
 
 Every cell carries flags: best LR at the edge of its grid (extend the grid), missing seeds or learning
-rates, diverged / failed / still-running runs, ties, several settings of one method (``mixed``).
+rates, diverged / failed / still-running runs, ties, several settings of one method (``mixed``), runs
+from several rmpeft commits (``commits``: the run identity covers the config, not the code).
 
 A *zero-shot* cell (runs that train nothing, e.g. ``method=none``) selects no learning rate: its
 ``best_lr`` is None and it reports the runs of the LR with the most finished seeds (the LR a run was
@@ -32,12 +33,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rmpeft.errors import unknown_choice
+from rmpeft.records import DONE_STATUSES
 from rmpeft.reporting.runs import GroupKey, RunResult, check_single_experiment, dedupe, setting_variants
 
 DIVERGED_POLICIES = ("skip-lr", "drop-seed")
@@ -46,7 +48,7 @@ SELECTIONS = ("val", "test")      # which mean metric picks a cell's learning ra
 
 @dataclass
 class Flag:
-    kind: str       # edge | missing-seeds | missing-lr | diverged | failed | running | tie | no-best | mixed
+    kind: str       # edge | missing-seeds | missing-lr | diverged | failed | running | tie | no-best | mixed | commits
     message: str
 
 
@@ -290,6 +292,11 @@ def aggregate(runs: Iterable[RunResult], diverged: str = "skip-lr", select: str 
             cell, tied, seeds_of[experiment], lrs_of[(experiment, key.model, key.method, key.ratio, cell.variant)],
             diverged,
         )
+        commits = Counter(r.git_commit[:7] for r in members if r.status in DONE_STATUSES and r.git_commit)
+        if len(commits) > 1:   # the identity covers the config, not the code: say so where code varies
+            cell.flags.append(Flag("commits", f"runs from {len(commits)} rmpeft commits ("
+                                   + ", ".join(f"{c}: {n}" for c, n in sorted(commits.items()))
+                                   + "): check that the code changes between them do not change results"))
         mixed = settings.differing.get((key.model, key.method, key.ratio, key.task))
         if mixed:
             cell.flags.append(Flag("mixed", f"runs of this method with different settings (differing in "

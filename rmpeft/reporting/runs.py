@@ -65,6 +65,7 @@ class RunResult:
     zero_shot: bool = False     # nothing trained (0 trainable parameters): the LR plays no part
     lr_auto: bool = False       # optim.lr=auto: ``lr`` is the predicted one (record key ``lr_auto``)
     wall_s: float | None = field(default=None, compare=False)   # the run's wall time (record ``wall_s``)
+    git_commit: str | None = field(default=None, compare=False)  # the rmpeft commit that produced it
 
     @property
     def group(self) -> GroupKey:
@@ -132,6 +133,7 @@ def run_from_record(record: RunRecord | dict[str, Any], source: str = "") -> Run
         zero_shot=_is_zero_shot(rec),
         lr_auto=rec.get("optim.lr") == "auto",
         wall_s=_float_or_none(rec.wall_s),
+        git_commit=rec.git_commit,
     )
 
 
