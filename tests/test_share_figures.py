@@ -22,13 +22,14 @@ SCORES = {
 }
 
 
-def _records():
+def _records(protocol=None):
     out = []
     for (method, ratio, share), by_task in SCORES.items():
         for task, score in by_task.items():
             for lr, delta in ((1e-2, 0.0), (1e-1, -0.2)):
                 cfg = {"name": "study", "seed": 1, "model": {"name": "smollm2-135m"}, "task": {"name": task},
-                       "method": {"name": method, **({"ratio": ratio} if ratio else {})}, "optim": {"lr": lr}}
+                       "method": {"name": method, **({"ratio": ratio} if ratio else {})}, "optim": {"lr": lr},
+                       **({"protocol": {"name": protocol}} if protocol else {})}
                 out.append({"status": "finished", "config": cfg, "val_metric": score + delta,
                             "test_metric": score + delta, "metric": "accuracy", "trainable_share": share,
                             "trainable_params": 0 if method == "none" else 1})
@@ -46,10 +47,22 @@ def results(tmp_path):
 def test_share_curve_averages_each_share_over_every_task():
     cells = aggregate(runs_from_records(enumerate(_records())))
     points = share_curve_points(cells)["smollm2-135m"]
-    assert points[("masking", 0.001)] == pytest.approx((0.1, 100 * (0.86 + 0.60) / 2))
-    assert points[("ft", None)] == pytest.approx((100.0, 78.0))
-    assert points[("none", None)] == pytest.approx((0.0, 49.0))
-    assert ("structured_masking", 0.0001) not in points     # measured on one task of two: not averaged
+    assert points[("masking", 0.001, None)] == pytest.approx((0.1, 100 * (0.86 + 0.60) / 2))
+    assert points[("ft", None, None)] == pytest.approx((100.0, 78.0))
+    assert points[("none", None, None)] == pytest.approx((0.0, 49.0))
+    assert ("structured_masking", 0.0001, None) not in points     # measured on one task of two: not averaged
+
+
+def test_a_study_under_another_protocol_is_plotted_as_its_own_series(tmp_path):
+    cells = aggregate(runs_from_records(enumerate(_records(protocol="paper"))))
+    points = share_curve_points(cells)["smollm2-135m"]
+    assert points[("masking", 0.001, "protocol=paper")] == pytest.approx((0.1, 100 * (0.86 + 0.60) / 2))
+    root = tmp_path / "runs"
+    for r in _records(protocol="paper"):
+        write_record(run_dir({**r["config"], "results_root": str(root)}), r)
+    for figure in ("share-curve", "structured-vs-random"):
+        assert reporting_cli.plot_main([figure, str(root), "--out", str(tmp_path / "figs")]) == 0
+    assert len(list((tmp_path / "figs").glob("*.png"))) == 2
 
 
 def test_plot_commands_write_the_figures(results, tmp_path, capsys):

@@ -40,19 +40,27 @@ def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
     return paths
 
 
-def share_curve_points(cells: Sequence[Cell]) -> dict[str, dict[tuple[str, float | None], tuple[float, float]]]:
-    """Per model: (method, ratio) -> (mean share %, average test metric over the model's tasks), for
-    the (method, ratio) pairs measured on every task of the model; zero-shot has share 0."""
-    out: dict[str, dict[tuple[str, float | None], tuple[float, float]]] = {}
+def _label(method: str, variant: str | None) -> str:
+    return method_label(method) + (f" ({variant})" if variant else "")
+
+
+Key = tuple[str, float | None, str | None]   # (method, ratio, setting variant)
+
+
+def share_curve_points(cells: Sequence[Cell]) -> dict[str, dict[Key, tuple[float, float]]]:
+    """Per model: (method, ratio, variant) -> (mean share %, average test metric over the model's tasks),
+    for the keys measured on every task of the model; zero-shot has share 0. A setting variant (e.g.
+    ``protocol=paper``, ``r=16``) is a series of its own, as it is a row of its own in the tables."""
+    out: dict[str, dict[Key, tuple[float, float]]] = {}
     by_model: dict[str, list[Cell]] = defaultdict(list)
     for c in cells:
-        if c.test_mean is not None and not c.variant:
+        if c.test_mean is not None:
             by_model[c.model].append(c)
     for model, group in by_model.items():
         tasks = {c.task for c in group}
-        pairs: dict[tuple[str, float | None], list[Cell]] = defaultdict(list)
+        pairs: dict[Key, list[Cell]] = defaultdict(list)
         for c in group:
-            pairs[(c.method, c.ratio)].append(c)
+            pairs[(c.method, c.ratio, c.variant)].append(c)
         points = {}
         for key, members in pairs.items():
             if {c.task for c in members} != tasks or len(members) != len(tasks):
@@ -79,17 +87,20 @@ def plot_share_curve(cells: Sequence[Cell], out_dir: Path, formats: Sequence[str
         if not points:
             continue
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        variants = sorted({v or "" for _, _, v in points})
         for method in LINE_METHODS:
-            line = sorted((share, score) for (m, _), (share, score) in points.items() if m == method and share > 0)
-            if line:
-                ax.plot([s for s, _ in line], [y for _, y in line], marker="o", label=method_label(method))
-        for (method, _), (share, score) in sorted(points.items(), key=lambda kv: kv[0][0]):
+            for variant in variants:
+                line = sorted((share, score) for (m, _, v), (share, score) in points.items()
+                              if m == method and (v or "") == variant and share > 0)
+                if line:
+                    ax.plot([s for s, _ in line], [y for _, y in line], marker="o", label=_label(method, variant))
+        for (method, _, variant), (share, score) in sorted(points.items(), key=lambda kv: (kv[0][0], kv[0][2] or "")):
             if method in LINE_METHODS:
                 continue
             if share == 0:
-                ax.axhline(score, color="0.35", linestyle="--", linewidth=1.2, label=method_label(method))
+                ax.axhline(score, color="0.35", linestyle="--", linewidth=1.2, label=_label(method, variant))
             else:
-                ax.plot([share], [score], marker="s", linestyle="none", ms=7, label=method_label(method))
+                ax.plot([share], [score], marker="s", linestyle="none", ms=7, label=_label(method, variant))
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (% of the model)")
         ax.set_ylabel("average test score (%)")
@@ -115,7 +126,7 @@ def plot_structured_vs_random(cells: Sequence[Cell], out_dir: Path,
     written: list[Path] = []
     by_model: dict[str, list[Cell]] = defaultdict(list)
     for c in cells:
-        if c.method in LINE_METHODS and c.test_mean is not None and not c.variant:
+        if c.method in LINE_METHODS and c.test_mean is not None:
             by_model[c.model].append(c)
     for model, group in sorted(by_model.items()):
         if {c.method for c in group} != set(LINE_METHODS):
@@ -124,11 +135,12 @@ def plot_structured_vs_random(cells: Sequence[Cell], out_dir: Path,
         fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.2), squeeze=False)
         for ax, task in zip(axes[0], tasks):
             for method in LINE_METHODS:
-                pts = sorted((_share(c) or math.nan, 100 * c.test_mean, 100 * (c.test_std or 0.0))
-                             for c in group if c.task == task and c.method == method)
-                if pts:
-                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
-                                capsize=3, label=method_label(method))
+                for variant in sorted({c.variant or "" for c in group}):
+                    pts = sorted((_share(c) or math.nan, 100 * c.test_mean, 100 * (c.test_std or 0.0))
+                                 for c in group if c.task == task and c.method == method and (c.variant or "") == variant)
+                    if pts:
+                        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                                    capsize=3, label=_label(method, variant))
             ax.set_xscale("log")
             ax.set_title(task_label(task), fontsize=9)
             ax.set_xlabel("trainable share (%)")
