@@ -40,7 +40,13 @@ from typing import Any
 
 from rmpeft.errors import unknown_choice
 from rmpeft.records import DONE_STATUSES
-from rmpeft.reporting.runs import GroupKey, RunResult, check_single_experiment, dedupe, setting_variants
+from rmpeft.reporting.runs import (
+    GroupKey,
+    RunResult,
+    check_single_experiment,
+    dedupe,
+    setting_variants,
+)
 
 DIVERGED_POLICIES = ("skip-lr", "drop-seed")
 SELECTIONS = ("val", "test")      # which mean metric picks a cell's learning rate

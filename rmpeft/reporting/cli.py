@@ -27,7 +27,12 @@ from rmpeft.reporting import figures
 from rmpeft.reporting.aggregate import DIVERGED_POLICIES, SELECTIONS, aggregate
 from rmpeft.reporting.compute import COMPUTE_TABLE, render_compute_table
 from rmpeft.reporting.lr_curves import plot_lr_curves
-from rmpeft.reporting.lr_prediction import LR_AUTO_TABLE, prediction_rows, read_evaluation, render_prediction_table
+from rmpeft.reporting.lr_prediction import (
+    LR_AUTO_TABLE,
+    prediction_rows,
+    read_evaluation,
+    render_prediction_table,
+)
 from rmpeft.reporting.paper import PaperNumbers, parse_ratio
 from rmpeft.reporting.render import FORMAT_SUFFIX, FORMATS, RENDERERS
 from rmpeft.reporting.runs import RunResult, run_from_record

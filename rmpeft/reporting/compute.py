@@ -6,11 +6,18 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rmpeft.records import DONE_STATUSES
-from rmpeft.reporting.paper import method_label, model_label, percent_text, row_key, task_label, task_order
+from rmpeft.reporting.paper import (
+    method_label,
+    model_label,
+    percent_text,
+    row_key,
+    task_label,
+    task_order,
+)
 from rmpeft.reporting.runs import RunResult
 
 COMPUTE_TABLE = "compute"
