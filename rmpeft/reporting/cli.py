@@ -1,10 +1,12 @@
 """The ``rmpeft-tables`` and ``rmpeft-plot`` commands.
 
     rmpeft-tables [ROOT ...] [--source wandb:ENTITY/PROJECT] [--table main|structured|lr-masking|
-                  lr-baselines|all] [--format markdown|latex|csv] [--compare-paper] [--json]
-                  [--out DIR] [--name EXP] [--model M] [--task T] [--method M]
+                  lr-baselines|vision|lr-auto|compute|all] [--format markdown|latex|csv] [--compare-paper]
+                  [--json] [--out DIR] [--name EXP] [--model M] [--task T] [--method M]
                   [--predict-ratio R] [--diverged skip-lr|drop-seed] [--select val|test|both]
+                  [--lr-auto FILE] [--lr-auto-estimator NAME]
     rmpeft-plot lr-curves  [ROOT ...] [--source wandb:ENTITY/PROJECT] [--out DIR] [--metric test|val]
+    rmpeft-plot share-curve | structured-vs-random  [ROOT ...] [--out DIR]   (Figures 1 and 5)
     rmpeft-plot sharpness | distance | epochs  [ROOT ...] [--out DIR]     (Figure 4 panels)
 
 Both share the record-selection arguments (:func:`add_source_arguments`).
