@@ -341,3 +341,36 @@ def test_evaluation_measures_each_cell_once_and_judges_it_held_out(tmp_path):
                                            say=lambda text: None)
     assert len(measured) == 4 and again.summaries == evaluation.summaries      # read from the cache
     assert "| first_order | leave-one-task-out | 4 | 4/4 (100%) |" in lr_prediction.render(evaluation)
+
+
+def test_cells_without_a_bracketed_best_lr_are_neither_judged_nor_calibrated_on(tmp_path):
+    """A best LR at the edge of its grid is a bound, not a best: such a cell (and one whose grid still has
+    runs going) is left out and counted, so an unfinished sweep cannot score or calibrate a predictor."""
+    root = tmp_path / "runs"
+
+    def rec(task, ratio, lr, val, status="finished"):
+        done = status == "finished"
+        return {"status": status, "config": {"name": "e", "seed": 1, "model": {"name": "m"}, "task": {"name": task},
+                                             "method": {"name": "masking", "ratio": ratio},
+                                             "optim": {"name": "adamw", "lr": lr}},
+                "val_metric": val if done else None, "test_metric": val if done else None, "metric": "accuracy",
+                "trainable_share": ratio, "heartbeat_at": "2999-01-01T00:00:00+00:00"}
+
+    recs = [rec(t, 0.01, lr, v) for t in ("rte", "sst2") for lr, v in ((1e-3, 0.6), (1e-2, 0.9), (1e-1, 0.5))]
+    recs += [rec("rte", 0.001, 1e-2, 0.6), rec("rte", 0.001, 1e-1, 0.9)]                     # best at the top edge
+    recs += [rec("sst2", 0.001, 1e-2, 0.6), rec("sst2", 0.001, 1e-1, 0.9), rec("sst2", 0.001, 1.0, 0.5),
+             rec("sst2", 0.001, 3e-1, None, status="running")]                              # grid not finished
+    for r in recs:
+        records.write_record(records.run_dir({**r["config"], "results_root": str(root)}), r)
+    measured, said = [], []
+
+    def fake_measure(config, wanted, batches, power_iters):
+        measured.append((config["task"]["name"], config["method"]["ratio"]))
+        return {"grad_l1": config["method"]["ratio"] * 100}
+
+    evaluation = lr_prediction.evaluate_results([str(root)], tmp_path / "q.json", ["first_order"], 2, 3,
+                                                measure=fake_measure, say=said.append)
+    assert sorted(measured) == [("rte", 0.01), ("sst2", 0.01)]
+    assert sorted(c.name for c in evaluation.cases) == ["m RTE Masking 1%", "m SST-2 Masking 1%"]
+    assert any("2 cells left out" in line and "m RTE Masking 0.1% (edge)" in line
+               and "m SST-2 Masking 0.1% (running)" in line for line in said)

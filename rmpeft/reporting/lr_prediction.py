@@ -128,11 +128,27 @@ def case_name(model: str, task: str, method: str, ratio: float | None, variant: 
     return text + (f" ({variant})" if variant else "")
 
 
-def cases_from_runs(cells: Iterable[Cell], runs: Sequence[RunResult], batches: int, power_iters: int) -> list[Case]:
-    """A case per cell with a best LR: the finished record of that LR with the lowest seed."""
+UNSETTLED_FLAGS = ("edge", "missing-lr", "running", "failed", "no-best")
+
+
+def unsettled(cell: Cell) -> str | None:
+    """Why ``cell``'s best LR is not yet a best (its first such flag kind), or None: a best at the edge of
+    its grid is only a bound, and a grid with runs missing, going or failed may still move it."""
+    return next((f.kind for f in cell.flags if f.kind in UNSETTLED_FLAGS), None)
+
+
+def cases_from_runs(cells: Iterable[Cell], runs: Sequence[RunResult], batches: int, power_iters: int,
+                    left_out: list[str] | None = None) -> list[Case]:
+    """A case per cell with a settled best LR (:func:`unsettled`): the finished record of that LR with the
+    lowest seed. Cells left out for an unsettled best are appended to ``left_out`` as 'name (flag)'."""
     out = []
     for cell in cells:
         if cell.zero_shot or cell.best_lr is None:
+            continue
+        why = unsettled(cell)
+        if why is not None:
+            if left_out is not None:
+                left_out.append(f"{case_name(cell.model, cell.task, cell.method, cell.ratio, cell.variant)} ({why})")
             continue
         at_best = sorted((r for r in runs if r.group == cell.key and r.lr == cell.best_lr and r.status == "finished"),
                          key=lambda r: r.seed)
@@ -316,9 +332,13 @@ def evaluate_results(roots: Sequence[str], cache: Path, estimators: Sequence[str
             say(f"warning: {e}; skipped")
     if not runs:
         raise RmpeftError(f"no run records in {', '.join(roots)}")
-    cases = cases_from_runs(aggregate(runs), runs, batches, power_iters)
+    left_out: list[str] = []
+    cases = cases_from_runs(aggregate(runs), runs, batches, power_iters, left_out)
+    if left_out:
+        say(f"{len(left_out)} cells left out (best LR not settled: at a grid edge, or runs missing, going or failed): "
+            + ", ".join(left_out))
     if not cases:
-        raise RmpeftError(f"no cell with a best learning rate in {', '.join(roots)}")
+        raise RmpeftError(f"no cell with a settled best learning rate in {', '.join(roots)}")
     wanted = sorted({q for name in estimators for q in get_estimator(name).needs})
     fill_quantities(cases, cache, measure, wanted, batches, power_iters, refresh, say)
     optim = {c.record: ((read_record(Path(c.record)) or {}).get("config") or {}).get("optim") or {} for c in cases}
