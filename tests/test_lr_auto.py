@@ -374,3 +374,36 @@ def test_cells_without_a_bracketed_best_lr_are_neither_judged_nor_calibrated_on(
     assert sorted(c.name for c in evaluation.cases) == ["m RTE Masking 1%", "m SST-2 Masking 1%"]
     assert any("2 cells left out" in line and "m RTE Masking 0.1% (edge)" in line
                and "m SST-2 Masking 0.1% (running)" in line for line in said)
+
+
+def test_rmpeft_plot_lr_prediction_draws_the_judged_cells(tmp_path, capsys):
+    from rmpeft.reporting import cli as reporting_cli
+
+    def rec(task, lr, val):
+        return {"status": "finished", "config": {"name": "e", "seed": 1, "model": {"name": "m"}, "task": {"name": task},
+                                                 "method": {"name": "ft"}, "optim": {"lr": lr}},
+                "val_metric": val, "test_metric": val, "metric": "accuracy", "trainable_share": 1.0}
+
+    for r in (rec("rte", 1e-4, 0.6), rec("rte", 1e-3, 0.8), rec("rte", 1e-2, 0.5),
+              rec("sst2", 1e-4, 0.9), rec("sst2", 1e-3, 0.7)):
+        records.write_record(records.run_dir({**r["config"], "results_root": str(tmp_path / "runs")}), r)
+    judgements = [{"estimator": "first_order", "case": f"m {t} FT", "predicted": p, "calibration": "leave-one-task-out",
+                   "nearest_test": 0.7} for t, p in (("RTE", 2e-3), ("SST-2", 5e-3))]
+    evaluation = _write(tmp_path / "eval.json", {"summaries": [], "judgements": judgements})
+    rows = prediction_rows(lr_prediction_runs(tmp_path / "runs"), json.loads(evaluation.read_text()), "first_order")
+    assert [(r.task, r.method, r.hit) for r in rows] == [("RTE", "FT", True), ("SST-2", "FT", False)]
+    out = tmp_path / "figs"
+    assert reporting_cli.plot_main(["lr-prediction", str(tmp_path / "runs"), "--lr-auto", str(evaluation),
+                                    "--lr-auto-estimator", "first_order", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["lr_prediction.pdf", "lr_prediction.png"]
+    assert (out / "lr_prediction.png").stat().st_size > 5000
+    # no prediction for any cell: a one-line error, nothing written
+    assert reporting_cli.plot_main(["lr-prediction", str(tmp_path / "runs"), "--out", str(tmp_path / "none")]) == 2
+    assert "nothing to plot" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def lr_prediction_runs(root: Path) -> list[RunResult]:
+    from rmpeft.reporting.runs import runs_from_records
+    from rmpeft.reporting.sources import load_records
+
+    return runs_from_records(load_records([str(root)], "disk"))

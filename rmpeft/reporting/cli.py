@@ -7,6 +7,7 @@
                   [--lr-auto FILE] [--lr-auto-estimator NAME]
     rmpeft-plot lr-curves  [ROOT ...] [--source wandb:ENTITY/PROJECT] [--out DIR] [--metric test|val]
     rmpeft-plot share-curve | structured-vs-random  [ROOT ...] [--out DIR]   (Figures 1 and 5)
+    rmpeft-plot lr-prediction  [ROOT ...] [--lr-auto FILE] [--out DIR]      (predicted against best LR)
     rmpeft-plot sharpness | distance | epochs  [ROOT ...] [--out DIR]     (Figure 4 panels)
 
 Both share the record-selection arguments (:func:`add_source_arguments`).
@@ -36,6 +37,7 @@ from rmpeft.reporting.lr_prediction import (
     render_prediction_table,
 )
 from rmpeft.reporting.paper import PaperNumbers, parse_ratio
+from rmpeft.reporting.prediction_figure import plot_lr_prediction
 from rmpeft.reporting.render import FORMAT_SUFFIX, FORMATS, RENDERERS
 from rmpeft.reporting.runs import RunResult, run_from_record
 from rmpeft.reporting.share_figures import plot_share_curve, plot_structured_vs_random
@@ -266,6 +268,18 @@ def cell_figure(function: Callable[..., list[Path]]) -> Callable[[argparse.Names
     return run
 
 
+def _lr_prediction_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lr-auto", type=Path, default=None, metavar="FILE",
+                   help="the JSON of `rmpeft-lr --evaluate` (cells without optim.lr=auto runs)")
+    p.add_argument("--lr-auto-estimator", default=None, metavar="NAME",
+                   help="the estimator of --lr-auto shown (default: the one with the most hits)")
+
+
+def _run_lr_prediction(args: argparse.Namespace, records: Records, runs: list[RunResult]) -> list[Path]:
+    evaluation = read_evaluation(args.lr_auto) if args.lr_auto is not None else None
+    return plot_lr_prediction(prediction_rows(runs, evaluation, args.lr_auto_estimator), args.out)
+
+
 def _select_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select", choices=SELECTIONS, default="val",
                    help="the metric that picks each cell's learning rate: val (default) or test (the paper's practice)")
@@ -278,6 +292,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                               cell_figure(plot_share_curve), _select_argument),
     "structured-vs-random": Subcommand("Figure 5: Structured versus Random Masking across shares, per task",
                                        cell_figure(plot_structured_vs_random), _select_argument),
+    "lr-prediction": Subcommand("the LR predicted before training (optim.lr=auto runs or --lr-auto) against the "
+                                "grid's best validation LR, per cell", _run_lr_prediction, _lr_prediction_arguments),
     "sharpness": Subcommand("Figure 4(a): Hessian sharpness versus masking ratio", figure4("plot_sharpness")),
     "distance": Subcommand("Figure 4(b): distance from initialisation versus masking ratio",
                            figure4("plot_distance")),
@@ -305,9 +321,12 @@ def run_plot(argv: Sequence[str] | None = None, api: Any = None) -> int:
     check_out_folder(args.out)
     pairs, runs = runs_from_args(args, api=api, history=spec.history,
                                  warn=lambda text: print(f"rmpeft-plot: {text}", file=sys.stderr))
+    existed = args.out.exists()
     make_out_folder(args.out)
     written = spec.run(args, pairs, runs)
     if not written:
+        if not existed and not any(args.out.iterdir()):
+            args.out.rmdir()   # leave no trace of a command that drew nothing
         raise RmpeftError(f"'rmpeft-plot {args.command}': nothing to plot in the selected records")
     for path in written:
         print(path)

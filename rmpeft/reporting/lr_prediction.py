@@ -398,6 +398,8 @@ class PredictionRow:
     predicted: float
     test_at_predicted: float | None
     source: str                      # "lr=auto runs" | "<estimator>, <calibration>"
+    task: str = ""                   # the cell's task and method labels (figure legends)
+    method: str = ""
 
     @property
     def factor(self) -> float:
@@ -437,18 +439,19 @@ def prediction_rows(runs: Sequence[RunResult], evaluation: dict[str, Any] | None
     out = []
     for cell in cells:
         name = case_name(cell.model, cell.task, cell.method, cell.ratio, cell.variant)
+        labels = (task_label(cell.task), method_label(cell.method) + (f" {percent_text(cell.ratio)}" if cell.ratio else ""))
         mine = [r for r in auto_runs if (r.model, r.task, r.method, r.ratio) == (cell.model, cell.task, cell.method,
                                                                                cell.ratio)
                 and _plain_setting(r) == cell.setting]
         if mine:
             tests = [r.test for r in mine if r.status == "finished" and r.test is not None]
             out.append(PredictionRow(name, cell.best_lr, cell.test_mean, statistics.fmean(r.lr for r in mine),
-                                     statistics.fmean(tests) if tests else None, "lr=auto runs"))
+                                     statistics.fmean(tests) if tests else None, "lr=auto runs", *labels))
         elif name in judged:
             j = judged[name]
             label = f"{estimator}, {j['calibration']}"
             out.append(PredictionRow(name, cell.best_lr, cell.test_mean, float(j["predicted"]), j.get("nearest_test"),
-                                     label))
+                                     label, *labels))
     return out
 
 
