@@ -407,3 +407,32 @@ def lr_prediction_runs(root: Path) -> list[RunResult]:
     from rmpeft.reporting.sources import load_records
 
     return runs_from_records(load_records([str(root)], "disk"))
+
+
+def test_best_of_three_around_the_prediction_is_chosen_on_validation():
+    grid = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+    val = [0.5, 0.6, 0.8, 0.9, 0.7, 0.4]
+    test = [0.50, 0.62, 0.85, 0.80, 0.75, 0.30]
+    case = lr_prediction.Case(name="c", model="m", task="rte", method="masking", ratio=0.001, optimizer="adamw",
+                              best_lr=3e-2, best_test=0.80, grid=list(zip(grid, test)), record="", seed=1, key="k",
+                              grid_val=list(zip(grid, val)))
+    # around 0.1: 3e-2, 1e-1, 3e-1 -> best validation at 3e-2, test 0.80
+    assert lr_prediction.best_of_nearest(case, 0.1) == ([3e-2, 1e-1, 3e-1], 0.80)
+    # around 2e-3: 6.3e-4 -> 1e-3, 2e-3 -> 3e-3, 6.3e-3 -> 1e-2: best validation at 1e-2, test 0.85 (better on
+    # test than the best LR)
+    assert lr_prediction.best_of_nearest(case, 2e-3) == ([1e-3, 3e-3, 1e-2], 0.85)
+    # around 4e-4: 1.3e-4 and 4e-4 have no grid LR within a quarter decade; 1.3e-3 -> 1e-3
+    assert lr_prediction.best_of_nearest(case, 4e-4) == ([1e-3], 0.50)
+    # a decade above the grid: only its top point is run -> test 0.30
+    assert lr_prediction.best_of_nearest(case, 1.0) == ([3e-1], 0.30)
+    assert lr_prediction.best_of_nearest(case, 30.0) == ([], None)
+    case.quantities = {"grad_l1": 1.0}
+    (j,) = lr_prediction.judge([case], "adam_eos", lambda c: {"betas": [0.9, 0.999]})
+    assert j.predicted is None and j.three_gap is None       # adam_eos needs curvature quantities: no prediction
+    other = lr_prediction.Case(**{**case.__dict__, "name": "d", "task": "sst2"})
+    judged = {j.case: j for j in lr_prediction.judge([case, other], "first_order", lambda c: {})}
+    # each cell calibrated on the other task's best LR (3e-2 at the same scale): predicted 3e-2 exactly
+    assert judged["c"].predicted == pytest.approx(3e-2) and judged["c"].three_lrs == [1e-2, 3e-2, 1e-1]
+    assert judged["c"].three_gap == pytest.approx(0.0)
+    (summary,) = lr_prediction.summarize(list(judged.values()))
+    assert summary.mean_three_gap == pytest.approx(0.0)

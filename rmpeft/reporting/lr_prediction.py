@@ -65,6 +65,7 @@ class Case:
     seed: int
     key: str                                    # cache key: setting, seed, measurement settings
     quantities: dict[str, Any] | None = None
+    grid_val: list[tuple[float, float | None]] = field(default_factory=list)   # (lr, mean validation metric)
 
 
 @dataclass
@@ -84,6 +85,8 @@ class Judgement:
     nearest_test: float | None
     best_test: float | None
     reason: str | None = None        # why there is no prediction
+    three_lrs: list[float] | None = None   # the 3 grid LRs nearest the prediction (what lr_grid=auto:3 runs)
+    three_test: float | None = None        # test metric at the best validation LR among them
 
     @property
     def test_gap(self) -> float | None:
@@ -91,6 +94,13 @@ class Judgement:
         if self.nearest_test is None or self.best_test is None:
             return None
         return self.best_test - self.nearest_test
+
+    @property
+    def three_gap(self) -> float | None:
+        """Test metric of the best LR minus that of the best of the 3 grid LRs around the prediction."""
+        if self.three_test is None or self.best_test is None:
+            return None
+        return self.best_test - self.three_test
 
 
 @dataclass
@@ -102,6 +112,7 @@ class Summary:
     mean_abs_log10_error: float | None
     mean_test_gap: float | None      # fraction; over judged cells whose nearest LR has a test metric
     without_test: int = 0            # judged cells whose nearest grid LR has no finished run (diverged)
+    mean_three_gap: float | None = None   # fraction; the same for the best of the 3 grid LRs around it
 
     @property
     def hit_rate(self) -> float | None:
@@ -117,7 +128,7 @@ class Evaluation:
 
     def to_json(self) -> dict[str, Any]:
         return {"cases": [asdict(c) for c in self.cases],
-                "judgements": [asdict(j) | {"test_gap": j.test_gap} for j in self.judgements],
+                "judgements": [asdict(j) | {"test_gap": j.test_gap, "three_gap": j.three_gap} for j in self.judgements],
                 "summaries": [asdict(s) | {"hit_rate": s.hit_rate} for s in self.summaries],
                 "notes": self.notes}
 
@@ -157,12 +168,14 @@ def cases_from_runs(cells: Iterable[Cell], runs: Sequence[RunResult], batches: i
         record = read_record(Path(at_best[0].source)) or {}
         config = record.get("config") or {}
         grid = [(s.lr, s.test_mean) for s in cell.lrs if s.done]
+        grid_val = [(s.lr, s.val_mean) for s in cell.lrs if s.done]
         out.append(Case(
             name=case_name(cell.model, cell.task, cell.method, cell.ratio, cell.variant),
             model=cell.model, task=cell.task, method=cell.method, ratio=cell.ratio,
             optimizer=str((config.get("optim") or {}).get("name", "adamw")),
             best_lr=cell.best_lr, best_test=cell.test_mean, grid=grid, record=at_best[0].source,
             seed=at_best[0].seed, key=f"{setting_hash(config)}-seed{at_best[0].seed}-b{batches}-p{power_iters}",
+            grid_val=grid_val,
         ))
     return out
 
@@ -217,6 +230,26 @@ def nearest_grid_lr(grid: Sequence[tuple[float, float | None]], lr: float) -> tu
     return min(grid, key=lambda p: (abs(math.log10(p[0]) - math.log10(lr)), p[0]))
 
 
+def best_of_nearest(case: Case, lr: float, k: int = 3) -> tuple[list[float], float | None]:
+    """What ``lr_grid=auto:k`` would have found, read off the grid: the points it runs (``k`` LRs half a
+    decade apart centred on ``lr``), each stood in for by the grid LR within a quarter decade of it (a
+    half-decade grid has at most one; a point with none was not measured and is dropped), and the test
+    metric at the one of them with the best mean validation metric (None when none was measured)."""
+    val = dict(case.grid_val)
+    test = dict(case.grid)
+    near = []
+    for i in range(k):
+        target = math.log10(lr) + HALF_DECADE * (i - (k - 1) / 2)
+        x = min(test, key=lambda x: (abs(math.log10(x) - target), x))
+        if abs(math.log10(x) - target) <= HALF_DECADE / 2 + 1e-9 and x not in near:
+            near.append(x)
+    scored = [x for x in near if val.get(x) is not None]
+    if not scored:
+        return near, None
+    pick = max(scored, key=lambda x: (val[x], -x))
+    return near, test.get(pick)
+
+
 def judge(cases: list[Case], estimator: str, optim_of: Callable[[Case], dict[str, Any]]) -> list[Judgement]:
     """``estimator`` on every case, its constant never fitted on the judged task (or, with one task in
     the records, on the judged cell)."""
@@ -243,9 +276,10 @@ def judge(cases: list[Case], estimator: str, optim_of: Callable[[Case], dict[str
         predicted = None if scale is None or log_c is None else 10 ** log_c * scale
         error = None if predicted is None else math.log10(predicted / case.best_lr)
         nearest = nearest_grid_lr(case.grid, predicted) if predicted is not None and case.grid else (None, None)
+        three = best_of_nearest(case, predicted) if predicted is not None and case.grid else (None, None)
         out.append(Judgement(estimator, case.name, case.task, how, used, predicted, case.best_lr, error,
                              None if error is None else abs(error) <= HALF_DECADE + 1e-9, nearest[0], nearest[1],
-                             case.best_test, reason))
+                             case.best_test, reason, three[0], three[1]))
     return out
 
 
@@ -254,10 +288,12 @@ def summarize(judgements: list[Judgement]) -> list[Summary]:
     for name in dict.fromkeys(j.estimator for j in judgements):
         js = [j for j in judgements if j.estimator == name and j.predicted is not None]
         gaps = [j.test_gap for j in js if j.test_gap is not None]
+        threes = [j.three_gap for j in js if j.three_gap is not None]
         how = sorted({j.calibration for j in js}) or ["-"]
         out.append(Summary(name, "/".join(how), len(js), sum(bool(j.hit) for j in js),
                            statistics.fmean(abs(j.log10_error) for j in js if j.log10_error is not None) if js else None,
-                           statistics.fmean(gaps) if gaps else None, len(js) - len(gaps)))
+                           statistics.fmean(gaps) if gaps else None, len(js) - len(gaps),
+                           statistics.fmean(threes) if threes else None))
     return out
 
 
@@ -275,14 +311,16 @@ def render(evaluation: Evaluation) -> str:
     tasks = sorted({c.task for c in evaluation.cases})
     lines = [f"### LR prediction: {len(evaluation.cases)} cells, {len(tasks)} task(s) ({', '.join(tasks)})", "",
              "| Estimator | Constant | Cells judged | Within half a decade | Mean abs log10 error | "
-             "Test gap at the nearest grid LR (points) |", "|---|---|---:|---:|---:|---:|"]
+             "Test gap at the nearest grid LR (points) | Test gap, best of 3 LRs around it (points) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for s in evaluation.summaries:
         rate = "—" if s.hit_rate is None else f"{s.hits}/{s.judged} ({100 * s.hit_rate:.0f}%)"
         err = "—" if s.mean_abs_log10_error is None else f"{s.mean_abs_log10_error:.2f}"
         gap = "—" if s.mean_test_gap is None else f"{100 * s.mean_test_gap:.1f}"
         if s.without_test:
             gap += f" ({s.without_test} without a finished run)"
-        lines.append(f"| {s.estimator} | {s.calibration} | {s.judged} | {rate} | {err} | {gap} |")
+        three = "—" if s.mean_three_gap is None else f"{100 * s.mean_three_gap:.1f}"
+        lines.append(f"| {s.estimator} | {s.calibration} | {s.judged} | {rate} | {err} | {gap} | {three} |")
     names = [s.estimator for s in evaluation.summaries]
     lines += ["", "| Cell | Best LR (test) | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
     by = {(j.estimator, j.case): j for j in evaluation.judgements}
