@@ -357,6 +357,9 @@ def test_cells_without_a_bracketed_best_lr_are_neither_judged_nor_calibrated_on(
                 "trainable_share": ratio, "heartbeat_at": "2999-01-01T00:00:00+00:00"}
 
     recs = [rec(t, 0.01, lr, v) for t in ("rte", "sst2") for lr, v in ((1e-3, 0.6), (1e-2, 0.9), (1e-1, 0.5))]
+    recs += [rec("wic", 0.01, lr, v) for lr, v in ((1e-3, 0.5), (1e-2, 0.52), (1e-1, 0.5))]   # learned nothing:
+    recs += [{**rec("wic", None, 1e-2, 0.55), "config": {**rec("wic", None, 1e-2, 0.55)["config"],   # zero-shot 0.55
+                                                           "method": {"name": "none"}}, "trainable_params": 0}]
     recs += [rec("rte", 0.001, 1e-2, 0.6), rec("rte", 0.001, 1e-1, 0.9)]                     # best at the top edge
     recs += [rec("sst2", 0.001, 1e-2, 0.6), rec("sst2", 0.001, 1e-1, 0.9), rec("sst2", 0.001, 1.0, 0.5),
              rec("sst2", 0.001, 3e-1, None, status="running")]                              # grid not finished
@@ -372,8 +375,9 @@ def test_cells_without_a_bracketed_best_lr_are_neither_judged_nor_calibrated_on(
                                                 measure=fake_measure, say=said.append)
     assert sorted(measured) == [("rte", 0.01), ("sst2", 0.01)]
     assert sorted(c.name for c in evaluation.cases) == ["m RTE Masking 1%", "m SST-2 Masking 1%"]
-    assert any("2 cells left out" in line and "m RTE Masking 0.1% (edge)" in line
-               and "m SST-2 Masking 0.1% (running)" in line for line in said)
+    assert any("3 cells left out" in line and "m RTE Masking 0.1% (edge)" in line
+               and "m SST-2 Masking 0.1% (running)" in line
+               and "m WiC Masking 1% (no better than zero-shot on validation)" in line for line in said)
 
 
 def test_rmpeft_plot_lr_prediction_draws_the_judged_cells(tmp_path, capsys):

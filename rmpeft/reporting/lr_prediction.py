@@ -150,13 +150,20 @@ def unsettled(cell: Cell) -> str | None:
 
 def cases_from_runs(cells: Iterable[Cell], runs: Sequence[RunResult], batches: int, power_iters: int,
                     left_out: list[str] | None = None) -> list[Case]:
-    """A case per cell with a settled best LR (:func:`unsettled`): the finished record of that LR with the
-    lowest seed. Cells left out for an unsettled best are appended to ``left_out`` as 'name (flag)'."""
+    """A case per cell with a settled best LR (:func:`unsettled`) that learned something (its best mean
+    validation metric above the zero-shot cell's of the same model and task, where there is one: otherwise
+    every LR failed alike and the best is noise): the finished record of that LR with the lowest seed.
+    Cells left out are appended to ``left_out`` as 'name (why)'."""
+    cells = list(cells)
+    zero_val = {(c.model, c.task): c.val_mean for c in cells if c.zero_shot and c.val_mean is not None}
     out = []
     for cell in cells:
         if cell.zero_shot or cell.best_lr is None:
             continue
         why = unsettled(cell)
+        floor = zero_val.get((cell.model, cell.task))
+        if why is None and floor is not None and (cell.val_mean is None or cell.val_mean <= floor):
+            why = "no better than zero-shot on validation"
         if why is not None:
             if left_out is not None:
                 left_out.append(f"{case_name(cell.model, cell.task, cell.method, cell.ratio, cell.variant)} ({why})")
@@ -373,8 +380,8 @@ def evaluate_results(roots: Sequence[str], cache: Path, estimators: Sequence[str
     left_out: list[str] = []
     cases = cases_from_runs(aggregate(runs), runs, batches, power_iters, left_out)
     if left_out:
-        say(f"{len(left_out)} cells left out (best LR not settled: at a grid edge, or runs missing, going or failed): "
-            + ", ".join(left_out))
+        say(f"{len(left_out)} cells left out (best LR not settled: at a grid edge, or runs missing, going or failed; "
+            "or no LR better than zero-shot): " + ", ".join(left_out))
     if not cases:
         raise RmpeftError(f"no cell with a settled best learning rate in {', '.join(roots)}")
     wanted = sorted({q for name in estimators for q in get_estimator(name).needs})
