@@ -8,7 +8,7 @@ from rmpeft.records import run_dir, write_record
 from rmpeft.reporting import cli as reporting_cli
 from rmpeft.reporting.aggregate import aggregate
 from rmpeft.reporting.runs import runs_from_records
-from rmpeft.reporting.share_figures import share_curve_points
+from rmpeft.reporting.share_figures import comparison_tasks, share_curve_points
 
 # (method, ratio, share) -> per task (val, test) at the best LR; the other LR is worse on both
 SCORES = {
@@ -79,3 +79,10 @@ def test_structured_vs_random_needs_both_methods(results, tmp_path):
     out = tmp_path / "figs"
     assert reporting_cli.plot_main(["structured-vs-random", str(results), "--method", "masking",
                                     "--out", str(out)]) == 2
+
+
+def test_structured_vs_random_draws_only_tasks_with_both_methods():
+    recs = _records() + [{**r, "config": {**r["config"], "task": {"name": "wic"}}} for r in _records()
+                         if r["config"]["method"]["name"] == "masking"]
+    cells = aggregate(runs_from_records(enumerate(recs)))
+    assert comparison_tasks([c for c in cells if c.method in ("masking", "structured_masking")]) == ["sst2", "rte"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rmpeft.reporting.aggregate import Cell
 from rmpeft.reporting.lr_curves import FIG_FORMATS, _safe
-from rmpeft.reporting.paper import method_label, model_label, task_label
+from rmpeft.reporting.paper import method_label, model_label, task_label, task_order
 
 LINE_METHODS = ("masking", "structured_masking")   # drawn as lines over their ratios
 
@@ -114,10 +114,16 @@ def plot_share_curve(cells: Sequence[Cell], out_dir: Path, formats: Sequence[str
     return written
 
 
+def comparison_tasks(cells: Sequence[Cell]) -> list[str]:
+    """The tasks (in the paper's order) on which both Random and Structured Masking have a cell."""
+    order = task_order(c.task for c in cells)
+    return [t for t in order if {c.method for c in cells if c.task == t} >= set(LINE_METHODS)]
+
+
 def plot_structured_vs_random(cells: Sequence[Cell], out_dir: Path,
                               formats: Sequence[str] = FIG_FORMATS) -> list[Path]:
-    """Figure 5: test score of Structured and Random Masking against the share, one panel per task,
-    one figure per model (mean ± std over seeds)."""
+    """Figure 5: test score of Structured and Random Masking against the share, one panel per task that
+    has both, one figure per model (mean ± std over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,9 +135,9 @@ def plot_structured_vs_random(cells: Sequence[Cell], out_dir: Path,
         if c.method in LINE_METHODS and c.test_mean is not None:
             by_model[c.model].append(c)
     for model, group in sorted(by_model.items()):
-        if {c.method for c in group} != set(LINE_METHODS):
+        tasks = comparison_tasks(group)
+        if not tasks:
             continue   # nothing to compare
-        tasks = sorted({c.task for c in group}, key=lambda t: [c.task for c in group].index(t))
         fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.2), squeeze=False)
         for ax, task in zip(axes[0], tasks):
             for method in LINE_METHODS:
@@ -146,7 +152,8 @@ def plot_structured_vs_random(cells: Sequence[Cell], out_dir: Path,
             ax.set_xlabel("trainable share (%)")
             ax.grid(True, which="major", alpha=0.3)
         axes[0][0].set_ylabel("test score (%)")
-        axes[0][0].legend(fontsize=7, loc="best")
+        fullest = max(axes[0], key=lambda ax: len(ax.get_legend_handles_labels()[1]))
+        fullest.legend(fontsize=7, loc="best")
         fig.suptitle(model_label(model), fontsize=10)
         fig.tight_layout()
         written += _save(fig, out_dir, f"structured_vs_random_{_safe(model)}", formats)
