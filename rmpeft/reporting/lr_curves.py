@@ -15,6 +15,17 @@ from rmpeft.reporting.paper import method_label, model_label, percent_text, task
 FIG_FORMATS = ("png", "pdf")
 
 
+def save_figure(fig, out_dir: Path, stem: str, formats: Sequence[str] = FIG_FORMATS) -> list[Path]:
+    """Write ``fig`` as ``<out_dir>/<stem>.<fmt>`` for every format; the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path)
+        paths.append(path)
+    return paths
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
@@ -86,10 +97,6 @@ def plot_lr_curves(cells: Sequence[Cell], out_dir: Path, metric: str = "test",
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
-        stem = f"lr_curves_{_safe(model)}_{_safe(task)}"
-        for fmt in formats:
-            path = out_dir / f"{stem}.{fmt}"
-            fig.savefig(path)
-            written.append(path)
+        written += save_figure(fig, out_dir, f"lr_curves_{_safe(model)}_{_safe(task)}", formats)
         plt.close(fig)
     return written

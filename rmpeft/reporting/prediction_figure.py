@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from rmpeft.reporting.lr_curves import FIG_FORMATS
+from rmpeft.reporting.lr_curves import FIG_FORMATS, save_figure
 from rmpeft.reporting.lr_prediction import HALF_DECADE, PredictionRow
 
 MARKERS = "osD^vP*Xh"
@@ -50,11 +50,6 @@ def plot_lr_prediction(rows: Sequence[PredictionRow], out_dir: Path, formats: Se
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        path = out_dir / f"lr_prediction.{fmt}"
-        fig.savefig(path)
-        written.append(path)
+    written = save_figure(fig, out_dir, "lr_prediction", formats)
     plt.close(fig)
     return written

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rmpeft.reporting.aggregate import Cell
-from rmpeft.reporting.lr_curves import FIG_FORMATS, _safe
+from rmpeft.reporting.lr_curves import FIG_FORMATS, _safe, save_figure
 from rmpeft.reporting.paper import method_label, model_label, task_label, task_order
 
 LINE_METHODS = ("masking", "structured_masking")   # drawn as lines over their ratios
@@ -28,16 +28,6 @@ def _share(cell: Cell) -> float | None:
     """The cell's trainable share in % (from the records; the configured ratio when absent)."""
     share = cell.trainable_share if cell.trainable_share is not None else cell.ratio
     return None if share is None else 100 * share
-
-
-def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        path = out_dir / f"{stem}.{fmt}"
-        fig.savefig(path)
-        paths.append(path)
-    return paths
 
 
 def _label(method: str, variant: str | None) -> str:
@@ -109,7 +99,7 @@ def plot_share_curve(cells: Sequence[Cell], out_dir: Path, formats: Sequence[str
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
-        written += _save(fig, out_dir, f"share_curve_{_safe(model)}", formats)
+        written += save_figure(fig, out_dir, f"share_curve_{_safe(model)}", formats)
         plt.close(fig)
     return written
 
@@ -156,6 +146,6 @@ def plot_structured_vs_random(cells: Sequence[Cell], out_dir: Path,
         fullest.legend(fontsize=7, loc="best")
         fig.suptitle(model_label(model), fontsize=10)
         fig.tight_layout()
-        written += _save(fig, out_dir, f"structured_vs_random_{_safe(model)}", formats)
+        written += save_figure(fig, out_dir, f"structured_vs_random_{_safe(model)}", formats)
         plt.close(fig)
     return written
