@@ -104,13 +104,18 @@ def test_missing_seeds_are_flagged_and_counted():
     assert msgs == ["lr 0.01: 2 of 3 seeds (missing seed 2)"]
 
 
-def test_expected_seeds_span_the_experiment_not_just_the_cell():
-    # rte has seeds 0,1,2; sst2 only seed 0 everywhere: sst2 is incomplete
+def test_expected_seeds_span_the_task_not_just_the_cell():
+    # a study may give tasks different seed sets (rte 0,1,2; wic 0 only, by design): each task's cells are
+    # compared with the seeds seen on that task, so sst2, with seed 1 at one LR only, lacks it at the other two
     rs = [record(task="rte", lr=lr, seed=s, val=0.5 + lr, test=0.5) for lr in (1e-3, 1e-2, 1e-1) for s in (0, 1, 2)]
+    rs += [record(task="wic", lr=lr, seed=0, val=0.5 + lr, test=0.5) for lr in (1e-3, 1e-2, 1e-1)]
     rs += [record(task="sst2", lr=lr, seed=0, val=0.5 + lr, test=0.5) for lr in (1e-3, 1e-2, 1e-1)]
+    rs += [record(task="sst2", lr=1e-3, seed=1, val=0.5, test=0.5)]
     cells = {c.task: c for c in aggregate(runs(*rs))}
     assert "missing-seeds" not in kinds(cells["rte"])
-    assert kinds(cells["sst2"]).count("missing-seeds") == 3
+    assert "missing-seeds" not in kinds(cells["wic"])
+    assert [f.message for f in cells["sst2"].flags if f.kind == "missing-seeds"] == [
+        "lr 0.01: 1 of 2 seeds (missing seed 1)", "lr 0.1: 1 of 2 seeds (missing seed 1)"]
 
 
 def test_diverged_runs_are_excluded_and_reported():

@@ -440,3 +440,19 @@ def test_best_of_three_around_the_prediction_is_chosen_on_validation():
     assert judged["c"].three_gap == pytest.approx(0.0)
     (summary,) = lr_prediction.summarize(list(judged.values()))
     assert summary.mean_three_gap == pytest.approx(0.0)
+
+
+def test_a_grid_extended_on_another_task_does_not_unsettle_a_bracketed_best():
+    """A grid extended on one task (WiC's FT gained 3e-6) leaves the other tasks' FT cells 'missing' that LR;
+    a best bracketed by measured neighbours stays settled, while an LR missing inside a cell's grid (a hole
+    a sweep has not filled) still unsettles it."""
+    from rmpeft.reporting.aggregate import aggregate
+
+    rs = [_run("sst2", lr, v, v) for lr, v in ((1e-5, 0.6), (3e-5, 0.9), (1e-4, 0.5))]
+    rs += [_run("wic", lr, v, v) for lr, v in ((3e-6, 0.5), (1e-5, 0.6), (3e-5, 0.55), (1e-4, 0.5))]
+    rs += [_run("rte", lr, v, v) for lr, v in ((3e-6, 0.5), (1e-5, 0.7), (1e-4, 0.6))]     # 3e-5 not run
+    cells = {c.task: c for c in aggregate(rs)}
+    assert "missing-lr" in {f.kind for f in cells["sst2"].flags}          # still reported in the tables
+    assert lr_prediction.unsettled(cells["sst2"]) is None
+    assert lr_prediction.unsettled(cells["wic"]) is None
+    assert lr_prediction.unsettled(cells["rte"]) == "missing-lr"

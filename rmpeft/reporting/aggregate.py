@@ -56,6 +56,7 @@ SELECTIONS = ("val", "test")      # which mean metric picks a cell's learning ra
 class Flag:
     kind: str       # edge | missing-seeds | missing-lr | diverged | failed | running | tie | no-best | mixed | commits
     message: str
+    lrs: list[float] = field(default_factory=list)   # the learning rates it is about (missing-lr: those absent)
 
 
 @dataclass
@@ -211,7 +212,7 @@ def _cell_flags(
     absent = sorted(expected_lrs - set(cell.grid))
     if absent:
         flags.append(Flag("missing-lr", "no finished run at lr " + ", ".join(_lr_text(x) for x in absent)
-                          + " (swept for this model/method on other tasks or seeds)"))
+                          + " (swept for this model/method on other tasks or seeds)", absent))
     return flags
 
 
@@ -233,8 +234,10 @@ def aggregate(runs: Iterable[RunResult], diverged: str = "skip-lr", select: str 
     """All cells of ``runs``, sorted by (model, task, method, ratio descending, variant); the best LR
     of each cell by mean ``select`` metric (``val`` or ``test``).
 
-    Expected seeds are every seed seen in the run's experiment; the expected LR grid of a cell is
-    every LR seen for its (experiment, model, method, ratio, variant) on any task.
+    Expected seeds are every seed seen for the cell's (experiment, model, task): a study may give its
+    tasks different seed sets (`rmpeft-sweep --dry-run` counts what a sweep file still lacks); the
+    expected LR grid of a cell is every LR seen for its (experiment, model, method, ratio, variant) on
+    any task.
     """
     if diverged not in DIVERGED_POLICIES:
         raise unknown_choice("diverged policy", diverged, DIVERGED_POLICIES)
@@ -243,11 +246,11 @@ def aggregate(runs: Iterable[RunResult], diverged: str = "skip-lr", select: str 
     runs = dedupe(runs)
     check_single_experiment(runs)
     settings = setting_variants(runs)
-    seeds_of: dict[str, set[int]] = defaultdict(set)
+    seeds_of: dict[tuple[str, str, str], set[int]] = defaultdict(set)
     lrs_of: dict[tuple, set[float]] = defaultdict(set)
     groups: dict[GroupKey, list[RunResult]] = defaultdict(list)
     for r in runs:
-        seeds_of[r.experiment].add(r.seed)
+        seeds_of[(r.experiment, r.model, r.task)].add(r.seed)
         if not r.zero_shot:
             lrs_of[(r.experiment, r.model, r.method, r.ratio, settings.variant[r.group])].add(r.lr)
         groups[r.group].append(r)
@@ -294,8 +297,9 @@ def aggregate(runs: Iterable[RunResult], diverged: str = "skip-lr", select: str 
             selected_on=select,
             zero_shot=zero_shot,
         )
-        cell.flags = _zero_shot_flags(best, seeds_of[experiment]) if zero_shot else _cell_flags(
-            cell, tied, seeds_of[experiment], lrs_of[(experiment, key.model, key.method, key.ratio, cell.variant)],
+        seeds = seeds_of[(experiment, key.model, key.task)]
+        cell.flags = _zero_shot_flags(best, seeds) if zero_shot else _cell_flags(
+            cell, tied, seeds, lrs_of[(experiment, key.model, key.method, key.ratio, cell.variant)],
             diverged,
         )
         commits = Counter(r.git_commit[:7] for r in members if r.status in DONE_STATUSES and r.git_commit)
