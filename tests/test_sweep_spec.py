@@ -35,8 +35,9 @@ EXPECTED_RUNS = {
     "cpu-repro": 2 * (1 + 4 + 3 + 4 + 5 + 5),  # SST-2 and RTE x {zero-shot, FT, LoRA, masking at 3 ratios}
     "table2": 5 * SEEDS * (2 * 5 + 3 * 5),  # 5 image tasks x {FT, LoRA, masking at 3 ratios} x 5 LRs
     "cpu-study-epochs3": 1 + 1 + 3,  # SST-2 for three epochs: LoRA, Masking 0.01%, Masking 0.001% at 3 LRs
-    # SST-2 seed 1 on Gemma 3: zero-shot, 4 LRs x (FT, LoRA, masking x 3); downward: one LR each, two for FT, 0.1% and 0.01%
-    "cpu-study-gemma3": 1 + 5 * 4 + 5 + 3,
+    # SST-2 seed 1 on Gemma 3: zero-shot, 4 LRs x (FT, LoRA, masking x 3); downward: one LR each (5), one more
+    # for FT and 0.1%, two more for 0.01% (4)
+    "cpu-study-gemma3": 1 + 5 * 4 + 5 + 4,
     # SST-2/RTE x 2 seeds + BoolQ/WiC x 1 seed, each {zero-shot + 4 LRs x (FT, LoRA, masking x 3, structured x 2)}
     # each: zero-shot, 6 grids of 4 LRs, Structured 0.01% over 5; WiC FT one more LR; upward: RTE LoRA 2 LRs and
     # Masking 0.01% 1 (2 seeds), WiC Masking 0.1% 1, 0.01% 2, Structured 0.1% 1; downward: BoolQ LoRA 1
