@@ -46,9 +46,9 @@ def check_choices(args: Iterable[str], groups: Iterable[str] = CHECKED_GROUPS, c
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
             continue
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
-        if key not in groups or value in ("null", ""):
+        raw, value = arg.split("=", 1)
+        key = raw.lstrip("+~")
+        if key not in groups or value == "null" or (value == "" and raw.startswith("~")):
             continue
         choices = group_choices(key, conf_dir)
         for v in value.split(","):
@@ -131,13 +131,16 @@ def check_new_fields(args: Iterable[str], conf_dir: Path = CONF_DIR, config_name
 
 
 def run_hydra_command(prog: str, hydra_main: Callable[[], object], groups: Iterable[str] = CHECKED_GROUPS,
-                      config_name: str = "train") -> None:
+                      config_name: str = "train", check_args: Callable[[list[str]], None] | None = None) -> None:
     """Entry point of a Hydra command: a bad group choice, an unknown field or a config that cannot be
     composed exits with status 2 and one line on stderr, before Hydra runs; otherwise the Hydra app runs.
-    (A single run is composed here once; a ``--multirun`` or any other Hydra flag is left to Hydra.)"""
+    (A single run is composed here once; ``check_args`` may check what Hydra flags such as ``--multirun``
+    would run; other flags are left to Hydra.)"""
     args = sys.argv[1:]
     try:
         check_choices(args, groups, config_name=config_name)
+        if check_args is not None:
+            check_args(args)
         if not any(a.startswith("-") for a in args):
             try:
                 compose_config(args, config_name)

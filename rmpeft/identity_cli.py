@@ -15,7 +15,7 @@ import json
 import sys
 
 from rmpeft import records
-from rmpeft.config import check_choices, compose_config
+from rmpeft.config import check_choices, check_new_fields, compose_config
 from rmpeft.errors import RmpeftError
 from rmpeft.resolve import resolve_run_config
 from rmpeft.run import check_config
@@ -24,7 +24,11 @@ from rmpeft.run import check_config
 def describe(overrides: list[str]) -> dict:
     """Folder, hash, status and identity of the run these overrides describe."""
     check_choices(overrides)
-    cfg = compose_config(overrides)
+    try:
+        cfg = compose_config(overrides)
+    except RmpeftError:
+        check_new_fields(overrides, plain=True)   # an unknown field: say which, not Hydra's several lines
+        raise
     check_config(cfg)
     resolve_run_config(cfg)
     return {"run_dir": str(records.run_dir(cfg)), "identity_hash": records.identity_hash(cfg),

@@ -25,12 +25,16 @@ from rmpeft.errors import USAGE_EXIT, RmpeftError
 from rmpeft.resolve import resolve_recorded_config
 
 
-def plan(root: Path, device: str = "cpu", precision: str | None = None) -> list[tuple[Path, Path, dict]]:
+def plan(root: Path, device: str = "cpu", precision: str | None = None, say=print) -> list[tuple[Path, Path, dict]]:
     """(old folder, new folder, resolved config) for every run folder below ``root`` not named by its
     identity; ``device`` / ``precision``: what a record's ``auto`` fields ran as."""
     moves = []
     for path, data in records.find_records(root):
         if not data.get("config"):
+            continue
+        if not isinstance(data["config"], dict) or not all(
+                isinstance(data["config"].get(k) or {}, dict) for k in ("trainer", "task")):
+            say(f"skip {path.parent}: its record's config is not a mapping")
             continue
         folder = path.parent
         seed = f"seed{records.get_path(data['config'], 'seed', 0)}"
@@ -46,7 +50,7 @@ def plan(root: Path, device: str = "cpu", precision: str | None = None) -> list[
 def migrate(root: Path, apply: bool = False, say=print, device: str = "cpu", precision: str | None = None) -> int:
     """Move legacy run folders; returns how many were (or would be) moved."""
     moved = 0
-    for old, new, config in plan(root, device, precision):
+    for old, new, config in plan(root, device, precision, say):
         if new.exists():
             say(f"skip {old}: {new} already exists")
             continue
@@ -72,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the precision that records with trainer.precision=auto ran in (default: fp32 on cpu, bf16 on cuda)")
     args = p.parse_args(argv)
     if not args.root.is_dir():
-        print(f"rmpeft-migrate: error: results folder '{args.root}' does not exist", file=sys.stderr)
-        return 2
+        what = "is a file; expected a folder" if args.root.exists() else "does not exist"
+        print(f"rmpeft-migrate: error: results folder '{args.root}' {what}", file=sys.stderr)
+        return USAGE_EXIT
     try:
         n = migrate(args.root, args.apply, device=args.auto_device, precision=args.auto_precision)
     except RmpeftError as e:

@@ -138,6 +138,9 @@ def make_accelerator(cfg: DictConfig) -> tuple[Any, str]:
     device = cfg.trainer.device
     if device not in DEVICES:
         raise RmpeftError(f"unknown trainer.device '{device}'; valid choices: {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():   # Accelerate would silently run on the CPU
+        raise RmpeftError("trainer.device=cuda but torch sees no CUDA GPU on this machine; "
+                          "valid choices here: auto, cpu")
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     probe = torch.device("cpu" if use_cpu else "cuda")
     precision = resolve_precision(cfg.trainer.precision, probe)

@@ -128,7 +128,10 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Claim the folder; raises a one-line :class:`RmpeftError` while another live run holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RmpeftError(f"cannot create the run folder {self.path.parent}: {e.strerror}") from None
         for _ in range(3):
             if self._create():
                 self.held = True

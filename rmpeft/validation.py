@@ -251,6 +251,21 @@ def check_writable_folder(path: Path | str, name: str) -> None:
         raise RmpeftError(f"{name}: '{existing}' is not writable; expected a folder this user can write")
 
 
+def check_writable_file(path: Path | str, name: str) -> None:
+    """``path`` must be a file path (not a folder) whose nearest existing parent is a folder this user can
+    write; ``name`` is how the error names it (``--out x``)."""
+    path = Path(str(path)).expanduser()
+    if path.is_dir():
+        raise RmpeftError(f"{name} is a folder; expected a file path")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RmpeftError(f"{name} lies below the file '{existing}'; expected a file path in a writable folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RmpeftError(f"{name}: '{existing}' is not writable; expected a file path in a folder this user can write")
+
+
 def check_results_root(root: Any) -> None:
     """``results_root`` must be a folder this user can write, or creatable (run folders go below it)."""
     if root is None or str(root) == "":

@@ -23,6 +23,8 @@ def test_check_choices_names_the_bad_value_of_a_multirun_list():
     with pytest.raises(RmpeftError, match="unknown cluster 'k8s'"):
         check_choices(["+cluster=k8s"])
     check_choices(["model=nope"], groups=("task",))  # only the named groups are checked
+    with pytest.raises(RmpeftError, match=r"^unknown model ''; valid choices: .*smollm2-135m"):
+        check_choices(["model="])
 
 
 def test_resources_are_their_own_group_and_no_part_of_a_run_identity():

@@ -56,3 +56,14 @@ def test_bf16_on_a_cpu_without_bf16_instructions_says_it_is_slower(smoke_overrid
     with caplog.at_level(logging.WARNING, logger=run_module.__name__):
         make_accelerator(compose_train(smoke_overrides + ["trainer.precision=bf16"]))
     assert "without bf16 instructions" in caplog.text and "slower than fp32" in caplog.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_cuda_requested_without_a_gpu_is_refused_before_any_record(smoke_overrides, tmp_path):
+    """Accelerate would fall back to the CPU and the record would say cuda (and bf16): refuse instead."""
+    cfg = compose_train(smoke_overrides + ["trainer.device=cuda", f"results_root={tmp_path}"])
+    with pytest.raises(RmpeftError, match=r"^trainer.device=cuda but .*no CUDA GPU.*valid choices here: auto, cpu$"):
+        make_accelerator(cfg)
+    with pytest.raises(RmpeftError, match="trainer.device=cuda"):
+        train(cfg)
+    assert not list(tmp_path.rglob("record*.json"))

@@ -3,6 +3,8 @@ repository's own docs are current with the committed records."""
 
 from __future__ import annotations
 
+import pytest
+
 from rmpeft.reporting.doc_blocks import BLOCK, main
 from rmpeft.records import run_dir, write_record
 from tests.helpers import REPO
@@ -35,6 +37,26 @@ def test_only_table_commands_run(tmp_path, capsys):
     doc = tmp_path / "doc.md"
     doc.write_text("<!-- generated: rm -rf / -->\nx\n<!-- end generated -->\n")
     assert main([str(doc)]) == 2 and "expected one of rmpeft-tables" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    ('"abc', "cannot be split into arguments: No closing quotation"),
+    ("--table main --bogus", "unrecognized arguments: --bogus"),
+    ("--table nosuch", "invalid choice: 'nosuch'"),
+    ("--table main --out {out}", "may not write files (--out)"),
+    ("--table main --out={out}", "may not write files (--out)"),
+    ("--table main --ou {out}", "may not write files (--out)"),
+])
+def test_a_bad_block_command_is_one_line_naming_the_file_and_writes_nothing(tmp_path, capsys, options, message):
+    _results(tmp_path / "runs", 0.7)
+    out = tmp_path / "out"
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"<!-- generated: rmpeft-tables {tmp_path / 'runs'} {options.format(out=out)} -->\nx\n"
+                   "<!-- end generated -->\n")
+    assert main([str(doc)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"rmpeft-docs: error: {doc}: ") and message in err[0], err
+    assert not out.exists()
 
 
 def test_the_repositorys_generated_docs_are_current(capsys):

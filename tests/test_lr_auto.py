@@ -296,6 +296,14 @@ def test_rmpeft_tables_prints_the_lr_auto_table_from_an_evaluation(tmp_path, cap
     out = capsys.readouterr().out
     assert "| m RTE FT | 0.0015 | 0.001 | 1.5 | yes | 70.0 | 70.0 | quadratic, leave-one-task-out |" in out
     assert "Table 1/5" not in out
+    with pytest.raises(SystemExit):   # argparse: not an estimator at all
+        reporting_cli.run_tables([str(tmp_path / "runs"), "--lr-auto", str(evaluation), "--lr-auto-estimator", "bogus"])
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    with pytest.raises(RmpeftError, match=r"^--lr-auto-estimator first_order: .* judges only quadratic$"):
+        reporting_cli.run_tables([str(tmp_path / "runs"), "--table", "lr-auto", "--lr-auto", str(evaluation),
+                                  "--lr-auto-estimator", "first_order"])
+    assert reporting_cli.run_tables([str(tmp_path / "runs"), "--table", "lr-auto"]) == 0   # nothing to show: said
+    assert "lr-auto table: no optim.lr=auto runs and no --lr-auto evaluation" in capsys.readouterr().err
     with pytest.raises(RmpeftError, match="not an LR-prediction evaluation"):
         lr_prediction.read_evaluation(_write(tmp_path / "bad.json", {"x": 1}))
 

@@ -37,6 +37,24 @@ def test_missing_root_is_a_one_line_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_root_that_is_a_file_is_named_as_such(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main([str(afile)]) == 2
+    assert f"results folder '{afile}' is a file; expected a folder" in capsys.readouterr().err
+
+
+def test_a_record_whose_config_is_not_a_mapping_is_reported_and_skipped(tmp_path, capsys):
+    cfg, old = _legacy(tmp_path, 1, 8)
+    bad = tmp_path / "exp" / "m" / "t" / "lora" / "lr0.01" / "seed2"
+    bad.mkdir(parents=True)
+    (bad / records.RECORD_FILE).write_text('{"status": "finished", "config": "oops"}')
+    assert main([str(tmp_path), "--apply"]) == 0
+    out = capsys.readouterr().out
+    assert f"skip {bad}: its record's config is not a mapping" in out
+    assert not old.exists() and records.run_status(cfg) == "finished" and (bad / records.RECORD_FILE).exists()
+
+
 def test_migrate_rehomes_folders_named_by_an_older_identity(tmp_path):
     cfg, old = _legacy(tmp_path, 2, 8)
     stale = old.with_name("seed2-0123456789")   # a hash computed under other identity rules

@@ -110,3 +110,15 @@ def test_records_and_deltas_are_readable_as_the_umask_allows(smoke_overrides):
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~_UMASK for p in (folder / "delta").iterdir())
     if _UMASK & 0o044 == 0:
         assert (folder / "record.json").stat().st_mode & 0o044 == 0o044   # group and others read it
+
+
+def test_a_folder_that_cannot_be_created_is_one_line(tmp_path, monkeypatch):
+    """A results_root the permission check lets through (root on /proc, a full disk, ...) still fails in one line."""
+    from pathlib import Path
+
+    def refuse(self, *args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(RmpeftError, match=r"^cannot create the run folder .*run: No such file or directory$"):
+        RunLock(tmp_path / "run", 60).acquire()

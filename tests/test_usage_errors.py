@@ -64,6 +64,28 @@ def test_train_bad_values_are_one_line_with_status_2(monkeypatch, capsys, quick,
     assert line.startswith("rmpeft-train: error: ") and expected in line, line
 
 
+@pytest.mark.parametrize("flag", ["--multirun", "-m"])
+def test_multirun_checks_every_job_before_launching_any(monkeypatch, capsys, quick, tmp_path, flag):
+    out = tmp_path / "out"
+    args = [flag, *quick, "method.ratio=0.001,2", f"results_root={out / 'runs'}"]
+    assert _train(monkeypatch, args) == USAGE_EXIT
+    line = _one_line(capsys)
+    assert line.startswith("rmpeft-train: error: method.ratio=2 is invalid; expected a number in (0, 1]"), line
+    assert "(1 of 2 jobs, e.g. '" in line and line.endswith("nothing was launched")
+    assert not out.exists()   # no run folder and no Hydra sweep folder
+
+
+def test_a_good_multirun_still_runs_every_job(monkeypatch, capsys, quick, tmp_path):
+    assert _train(monkeypatch, ["--multirun", *quick, "optim.lr=1e-2,3e-2", f"results_root={tmp_path / 'r'}"]) == 0
+    assert len(list((tmp_path / "r").rglob("record.json"))) == 2
+
+
+def test_multirun_with_a_bad_value_in_a_single_job(monkeypatch, capsys, quick, tmp_path):
+    assert _train(monkeypatch, ["--multirun", *quick, "trainer.epochs=0", f"results_root={tmp_path / 'r'}"]) == USAGE_EXIT
+    assert "trainer.epochs=0 is invalid" in _one_line(capsys)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "sweeps").exists()
+
+
 def test_fields_under_open_nodes_may_be_added():
     from rmpeft.config import check_choices
 
@@ -145,3 +167,62 @@ def test_theory_out_onto_an_existing_file(tmp_path, capsys):
     assert main(["--n", "4", "--d", "40", "--p", "0.5", "--draws", "1", "--noise-draws", "1", "--no-plot",
                  "--out", str(afile)]) == USAGE_EXIT
     assert f"--out {afile} is a file" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--batches", "0"], "argument --batches: invalid value '0'; expected an integer >= 1"),
+    (["--power-iters", "-3"], "argument --power-iters: invalid value '-3'; expected an integer >= 1"),
+])
+def test_lr_evaluate_bad_numbers(tmp_path, capsys, args, expected):
+    from rmpeft.lr_cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--evaluate", str(tmp_path), *args])
+    assert info.value.code == USAGE_EXIT and expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--out", "--cache"])
+def test_lr_evaluate_unwritable_output_refused_before_any_work(tmp_path, capsys, option):
+    from rmpeft.lr_cli import main
+    from tests.test_tables import record, write_all
+
+    root = write_all(tmp_path / "runs", [record("rte", "ft", 1e-3, 0, 0.5, 0.5)])
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    other = "--cache" if option == "--out" else "--out"
+    assert main(["--evaluate", str(root), option, str(afile / "x.json"), other, str(tmp_path / "o" / "y.json")]) \
+        == USAGE_EXIT
+    assert f"{option} {afile / 'x.json'} lies below the file '{afile}'" in _one_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_plot_that_fails_leaves_no_out_folder(tmp_path, capsys):
+    from rmpeft.reporting import cli
+    from tests.test_tables import record, write_all
+
+    root = write_all(tmp_path / "runs", [record("rte", "ft", 1e-3, 0, 0.5, 0.5)])
+    notes = tmp_path / "notes.json"
+    notes.write_text("{}")
+    out = tmp_path / "figs"
+    assert cli.plot_main(["lr-prediction", str(root), "--lr-auto", str(notes), "--out", str(out)]) == USAGE_EXIT
+    assert "not an LR-prediction evaluation" in _one_line(capsys)
+    assert not out.exists()
+
+
+def test_a_filter_that_matches_nothing_names_itself_and_what_is_there(tmp_path, capsys):
+    from rmpeft.reporting import cli
+    from tests.test_tables import record, write_all
+
+    root = write_all(tmp_path / "runs", [record("rte", "ft", 1e-3, 0, 0.5, 0.5)])
+    assert cli.tables_main([str(root), "--task", "rte", "--model", "nonesuch"]) == USAGE_EXIT
+    line = _one_line(capsys)
+    assert "--model nonesuch matches no record" in line and "models there:" in line, line
+
+
+def test_unknown_fields_say_so_in_identity_and_multirun(monkeypatch, capsys, quick, tmp_path):
+    from rmpeft.identity_cli import main
+
+    assert main([*quick, "trainer.epoch=3"]) == USAGE_EXIT
+    assert "unknown field 'trainer.epoch' in 'trainer.epoch=3' (did you mean trainer.epochs?)" in _one_line(capsys)
+    assert _train(monkeypatch, ["--multirun", *quick, "trainer.epoch=1,2", f"results_root={tmp_path / 'r'}"]) == USAGE_EXIT
+    assert "unknown field 'trainer.epoch' in 'trainer.epoch=1' (did you mean trainer.epochs?)" in _one_line(capsys)

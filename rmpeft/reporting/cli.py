@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rmpeft.errors import RmpeftError
+from rmpeft.lr_auto.estimators import ESTIMATORS
 from rmpeft.records import RunRecord
 from rmpeft.reporting import figures
 from rmpeft.reporting.aggregate import DIVERGED_POLICIES, SELECTIONS, aggregate
@@ -101,6 +102,13 @@ def runs_from_args(args: argparse.Namespace, api: Any = None, history: bool = Fa
     selected = select_runs(runs, args.name, args.model, args.task, args.method)
     if not selected:
         where = args.source if args.source not in (None, "disk") else ", ".join(map(str, args.roots))
+        filters = {"name": ("experiment", args.name), "model": ("model", args.model), "task": ("task", args.task),
+                   "method": ("method", args.method)}
+        for option, (attr, wanted) in filters.items():   # the first filter that alone matches nothing
+            if wanted and not select_runs(runs, **{option: wanted}):
+                there = sorted({str(getattr(r, attr)) for r in runs})
+                raise RmpeftError(f"--{option} {','.join(wanted)} matches no record in {where}; "
+                                  f"{option}s there: {', '.join(there)}")
         raise RmpeftError(f"no run records match in {where}" + (" (after filters)" if runs else ""))
     keep = {id(r) for r in selected}
     return [pair for pair, r in zip(pairs, runs, strict=True) if id(r) in keep], selected
@@ -148,7 +156,7 @@ def tables_parser() -> argparse.ArgumentParser:
                         "when named, not part of all): hours of wall time per method and task")
     p.add_argument("--lr-auto", type=Path, default=None, metavar="FILE",
                    help="the JSON of `rmpeft-lr --evaluate` for the lr-auto table (cells without lr=auto runs)")
-    p.add_argument("--lr-auto-estimator", default=None, metavar="NAME",
+    p.add_argument("--lr-auto-estimator", default=None, choices=tuple(ESTIMATORS),
                    help="the estimator of --lr-auto shown (default: the one with the best hit rate)")
     p.add_argument("--format", choices=FORMATS, default="markdown", help="stdout format (default markdown)")
     p.add_argument("--compare-paper", action="store_true",
@@ -182,6 +190,9 @@ def run_tables(argv: Sequence[str] | None = None, api: Any = None, stdout: Any =
     ratios = [parse_ratio(r) for r in args.predict_ratio] if args.predict_ratio else None
     evaluation = read_evaluation(args.lr_auto) if args.lr_auto is not None else None
     predictions = prediction_rows(runs, evaluation, args.lr_auto_estimator) if LR_AUTO_TABLE in which else []
+    if args.table and LR_AUTO_TABLE in args.table and not predictions:
+        print(f"rmpeft-tables: {LR_AUTO_TABLE} table: " + ("no optim.lr=auto runs and no --lr-auto evaluation"
+              if evaluation is None else "no cell of the records has a prediction") + ": nothing to show", file=stderr)
     compute = render_compute_table(runs, args.format) if COMPUTE_TABLE in which else ""
     runs = [r for r in runs if not r.lr_auto]   # optim.lr=auto runs appear in the lr-auto table only
     cells, tables, files = [], [], []
@@ -271,7 +282,7 @@ def cell_figure(function: Callable[..., list[Path]]) -> Callable[[argparse.Names
 def _lr_prediction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-auto", type=Path, default=None, metavar="FILE",
                    help="the JSON of `rmpeft-lr --evaluate` (cells without optim.lr=auto runs)")
-    p.add_argument("--lr-auto-estimator", default=None, metavar="NAME",
+    p.add_argument("--lr-auto-estimator", default=None, choices=tuple(ESTIMATORS),
                    help="the estimator of --lr-auto shown (default: the one with the most hits)")
 
 
@@ -323,11 +334,14 @@ def run_plot(argv: Sequence[str] | None = None, api: Any = None) -> int:
                                  warn=lambda text: print(f"rmpeft-plot: {text}", file=sys.stderr))
     existed = args.out.exists()
     make_out_folder(args.out)
-    written = spec.run(args, pairs, runs)
-    if not written:
-        if not existed and not any(args.out.iterdir()):
+    try:
+        written = spec.run(args, pairs, runs)
+        if not written:
+            raise RmpeftError(f"'rmpeft-plot {args.command}': nothing to plot in the selected records")
+    except BaseException:
+        if not existed and args.out.is_dir() and not any(args.out.iterdir()):
             args.out.rmdir()   # leave no trace of a command that drew nothing
-        raise RmpeftError(f"'rmpeft-plot {args.command}': nothing to plot in the selected records")
+        raise
     for path in written:
         print(path)
     return 0

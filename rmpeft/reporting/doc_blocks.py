@@ -8,8 +8,8 @@ A Markdown file marks each generated block with the command that produces it:
 
 ``rmpeft-docs FILE`` checks that every block equals what its command prints now (exit 1 and the first
 differing block otherwise); ``rmpeft-docs FILE --write`` rewrites the blocks. Only ``rmpeft-tables``
-commands are run (in this process, with their standard output captured); paths in them are relative
-to the repository root.
+commands are run (in this process, with their standard output captured), never with ``--out`` (checking
+a doc writes nothing); paths in them are relative to the repository root.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 import shlex
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
 from rmpeft.errors import RmpeftError
@@ -45,16 +45,26 @@ def _in_repo() -> Iterator[None]:   # contextlib.chdir needs Python 3.11
 
 def run_command(command: str) -> str:
     """The standard output of one generating command, run from the repository root."""
-    from rmpeft.reporting.cli import run_tables
+    from rmpeft.reporting.cli import run_tables, tables_parser
 
-    argv = shlex.split(command)
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise RmpeftError(f"generated block command '{command}' cannot be split into arguments: {e}") from None
     if not argv or argv[0] not in COMMANDS:
         raise RmpeftError(f"generated block command '{command}': expected one of {', '.join(COMMANDS)}")
     out, err = io.StringIO(), io.StringIO()
-    with _in_repo():
-        code = run_tables(argv[1:], stdout=out, stderr=err)
+    with _in_repo(), redirect_stderr(err):
+        try:
+            if tables_parser().parse_args(argv[1:]).out is not None:   # checking a doc never writes elsewhere
+                raise RmpeftError(f"generated block command '{command}' may not write files (--out): a block "
+                                  "is the command's standard output")
+            code = run_tables(argv[1:], stdout=out, stderr=err)
+        except SystemExit as e:   # argparse: usage, then the error on its last line
+            code = e.code if isinstance(e.code, int) else 2
     if code != 0:
-        raise RmpeftError(f"'{command}' exited {code}: {err.getvalue().strip()}")
+        last = (err.getvalue().strip().splitlines() or [""])[-1]
+        raise RmpeftError(f"'{command}' exited {code}: {last}")
     return out.getvalue()
 
 

@@ -39,6 +39,7 @@ from rmpeft.reporting.aggregate import Cell, Flag, aggregate
 from rmpeft.reporting.paper import lr_text, method_label, model_label, percent_text, task_label
 from rmpeft.reporting.runs import RunResult, run_from_record
 from rmpeft.reporting.sources import load_records
+from rmpeft.validation import check_writable_file
 
 HALF_DECADE = 0.5          # |log10(predicted / best)| within this: a hit
 LOTO, LOCO, THEORY = "leave-one-task-out", "leave-one-cell-out", "theory"
@@ -353,6 +354,17 @@ def render(evaluation: Evaluation) -> str:
     return "\n".join(lines + evaluation.notes) + "\n"
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value '{text}'; expected an integer >= 1")
+    return value
+
+
 def evaluation_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rmpeft-lr --evaluate", description="Judge every LR estimator on the cells "
                                 "of a results folder (constants calibrated leave-one-task-out).")
@@ -364,8 +376,9 @@ def evaluation_parser() -> argparse.ArgumentParser:
                    help=f"JSON of the whole evaluation (default {DEFAULT_DIR}/<folder>.json)")
     p.add_argument("--refresh", action="store_true", help="measure every cell again (ignore the cache)")
     p.add_argument("--estimator", action="append", choices=tuple(ESTIMATORS), help="only these; repeatable")
-    p.add_argument("--batches", type=int, default=LRAutoSettings.batches, help="training batches measured")
-    p.add_argument("--power-iters", type=int, default=LRAutoSettings.power_iters, help="power-iteration steps")
+    p.add_argument("--batches", type=_at_least_one, default=LRAutoSettings.batches, help="training batches measured")
+    p.add_argument("--power-iters", type=_at_least_one, default=LRAutoSettings.power_iters,
+                   help="power-iteration steps")
     p.add_argument("--write-constants", action="store_true",
                    help="store the constants fitted on all cells as the package's calibrated constants")
     return p
@@ -417,6 +430,8 @@ def evaluate_main(argv: Sequence[str]) -> int:
     cache = args.cache or DEFAULT_DIR / f"{stem}.quantities.json"
     out = args.out or DEFAULT_DIR / f"{stem}.json"
     try:
+        check_writable_file(out, f"--out {out}")       # before hours of measuring
+        check_writable_file(cache, f"--cache {cache}")
         evaluation = evaluate_results(args.roots, cache, args.estimator or list(ESTIMATORS), args.batches,
                                       args.power_iters, args.refresh, say=lambda t: print(t, file=sys.stderr))
     except RmpeftError as e:
@@ -483,6 +498,10 @@ def prediction_rows(runs: Sequence[RunResult], evaluation: dict[str, Any] | None
     label = ""
     if evaluation:
         summaries = evaluation.get("summaries") or []
+        judges = sorted({s.get("estimator") for s in summaries} | {j.get("estimator") for j in
+                                                                  evaluation.get("judgements") or []} - {None})
+        if estimator is not None and estimator not in judges:
+            raise RmpeftError(f"--lr-auto-estimator {estimator}: the evaluation judges only {', '.join(judges) or 'none'}")
         if estimator is None and summaries:
             estimator = max(summaries, key=lambda s: (s.get("hits") or 0, -(s.get("mean_abs_log10_error") or 9)))[
                 "estimator"]

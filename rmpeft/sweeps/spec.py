@@ -200,6 +200,26 @@ def _mapping(doc: dict[str, Any], section: str, path: Path) -> dict[str, Any]:
     return value
 
 
+class _SweepLoader(yaml.BaseLoader):
+    """PyYAML's BaseLoader (every scalar stays the text written) refusing a key given twice in one mapping,
+    which YAML itself resolves silently by keeping the last."""
+
+
+def _mapping_without_repeats(loader: _SweepLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                problem=f"key '{key}' is given twice in one mapping (YAML would keep only the last)",
+                problem_mark=key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_SweepLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def load_sweep(path: Path | str) -> SweepFile:
     """Parse a sweep file (values are kept as the text written, so overrides mean what they say)."""
     path = Path(path)
@@ -207,9 +227,12 @@ def load_sweep(path: Path | str) -> SweepFile:
         raise RmpeftError(f"sweep file not found: {path}")
     try:
         with open(path) as f:
-            doc = yaml.load(f, Loader=yaml.BaseLoader)  # every scalar stays the text written
+            doc = yaml.load(f, Loader=_SweepLoader)
     except yaml.YAMLError as e:
-        raise RmpeftError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}: line {mark.line + 1}" if mark is not None else str(path)
+        text = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RmpeftError(f"{where}: not valid YAML: {text}") from None
     if not isinstance(doc, dict):
         raise RmpeftError(f"{path}: a sweep file is a mapping with sections {', '.join(SECTIONS)}")
     unknown = sorted(set(doc) - set(SECTIONS))
