@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rmpeft.run_folder import share_like_umask
+
 RESUME_FILE = "resume.pt"
 
 
@@ -75,6 +77,7 @@ def save(folder: Path, state: ResumeState) -> None:
     """Write ``resume.pt`` atomically (a reader sees the previous epoch's file or this one)."""
     folder = Path(folder)
     fd, tmp = tempfile.mkstemp(prefix=f".{RESUME_FILE}.", dir=folder)
+    share_like_umask(tmp, fd)   # mkstemp makes it private; a results folder may be shared
     os.close(fd)
     try:
         torch.save(state.__dict__, tmp)

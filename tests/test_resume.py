@@ -62,3 +62,14 @@ def test_force_starts_afresh_and_resume_false_keeps_no_state(smoke_overrides, mo
     monkeypatch.undo()
     forced = trainer.train(resolve_run_config(compose_train(overrides + ["force=true"])))
     assert forced["status"] == "finished" and forced["resumed_from_epoch"] is None
+
+
+def test_resume_state_is_readable_as_the_umask_allows(tmp_path):
+    """A group sharing a results folder relaunches each other's runs: resume.pt is not private."""
+    import stat
+
+    from rmpeft.resume import ResumeState, save
+    from rmpeft.run_folder import _UMASK
+
+    save(tmp_path, ResumeState("h", 1, 1, [torch.zeros(1)], {}, {}, {}, {}, {}, [], {}))
+    assert stat.S_IMODE((tmp_path / RESUME_FILE).stat().st_mode) == 0o666 & ~_UMASK

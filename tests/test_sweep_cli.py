@@ -80,6 +80,18 @@ def test_dead_jobs_are_marked_failed_with_their_logs(tmp_path):
     assert records.read_record(finished)["status"] == "finished"
 
 
+def test_a_run_still_held_by_a_live_process_is_not_marked(tmp_path):
+    """A launch refused because another process runs the same folder must leave that run's record alone."""
+    from rmpeft.run_folder import RunLock
+
+    live = tmp_path / "live"
+    records.write_record(live, {"status": "running", "error": None, "config": {"seed": 1}})
+    with RunLock(live, records.STALE_AFTER_S), hydra_initialized():   # the run in flight elsewhere
+        mark_dead(SweepRun((), live), "run folder is in use by pid 1", ())
+        assert records.read_record(live)["status"] == "running"
+    assert not (live / ".lock").exists()
+
+
 @pytest.fixture
 def fast_smoke(tmp_path, cache_dir) -> list[str]:
     """Overrides that make the smoke sweep's runs take a few seconds in this process."""

@@ -20,6 +20,7 @@ from rmpeft import records
 from rmpeft.config import compose_run
 from rmpeft.errors import RmpeftError
 from rmpeft.resolve import resolve_run_config
+from rmpeft.run_folder import RunLock
 from rmpeft.sweeps.compose import RunConfigs
 from rmpeft.sweeps.spec import SweepFile
 
@@ -114,7 +115,21 @@ def summary_line(path: Path, n: dict[str, int]) -> str:
 
 def mark_dead(run: SweepRun, outcome_error: str | None, logs: tuple[str, ...]) -> None:
     """A launched run whose job ended without a final record failed: say why, and where the logs are.
+    The record is read and written under the run folder's claim: a folder another live process holds
+    (its launch here was refused) is left alone, and no run can finish between the read and the write.
     An unreadable record is left as it is (it is reported as failed with its path)."""
+    claim = RunLock(run.folder, records.STALE_AFTER_S)
+    try:
+        claim.acquire()
+    except RmpeftError:
+        return   # the run is alive elsewhere (or its folder cannot be made): its own record says how it ends
+    try:
+        _mark_failed(run, outcome_error, logs)
+    finally:
+        claim.release()
+
+
+def _mark_failed(run: SweepRun, outcome_error: str | None, logs: tuple[str, ...]) -> None:
     try:
         record = records.read_record(run.folder)
     except RmpeftError:
