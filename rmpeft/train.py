@@ -60,16 +60,16 @@ def check_multirun(args: list[str]) -> None:
     runs, before Hydra launches any: one bad value refuses the whole multirun in one line (Hydra would
     stop at the first bad job, with a traceback, after running the jobs before it). Other Hydra flags and
     continuous sweeps are left to Hydra."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     from rmpeft.run import check_config
+    from rmpeft.sweeps.hydra_internals import new_override_parser
 
     flags = [a for a in args if a.startswith("-")]
     if not flags or any(f not in MULTIRUN_FLAGS for f in flags):
         return
     try:
-        parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+        parsed = new_override_parser().parse_overrides([a for a in args if not a.startswith("-")])
     except HydraException as e:
         raise RmpeftError(f"invalid override: {(str(e).strip().splitlines() or [''])[0]}") from None
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):

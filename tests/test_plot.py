@@ -96,7 +96,7 @@ def test_figure4_subcommands_call_the_figures_module(results, tmp_path, monkeypa
 
 def test_errors(results, tmp_path, capsys):
     assert reporting_cli.plot_main(["lr-curves", str(results), "--model", "opt-13b"]) == 2
-    assert "no run records match" in capsys.readouterr().err
+    assert "--model opt-13b matches no record" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         reporting_cli.plot_main(["bogus"])
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
