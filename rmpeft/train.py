@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import itertools
 import sys
 
@@ -19,37 +17,18 @@ from omegaconf import DictConfig
 
 from rmpeft.config import CONF_DIR, check_new_fields, compose_run, hydra_initialized, run_hydra_command
 from rmpeft.errors import USAGE_EXIT, RmpeftError
-
-log = logging.getLogger("rmpeft")
-
-
-def export_slurm_distributed_env() -> bool:
-    """In a submitit SLURM job with several tasks (e.g. ``cluster=slurm`` full fine-tuning of OPT-13b on 4 GPUs),
-    export the torch.distributed variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) that
-    Accelerate initialises its process group from. Returns whether it did. Runs started by
-    ``accelerate launch``/``torchrun`` already have them and are left alone."""
-    in_submitit_slurm_job = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
-    if not in_submitit_slurm_job or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "LOCAL_RANK" in os.environ:
-        return False
-    from submitit.helpers import TorchDistributedEnvironment
-
-    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    return True
+from rmpeft.job import run_job
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
-    from rmpeft.trainer import train
-
-    export_slurm_distributed_env()
     try:
-        record = train(cfg)
+        return run_job(cfg)
     except RmpeftError as e:
         if HydraConfig.get().mode == RunMode.RUN:
             print(f"rmpeft-train: error: {e}", file=sys.stderr)
             sys.exit(USAGE_EXIT)
         raise
-    return record.get("val_metric")
 
 
 MULTIRUN_FLAGS = ("-m", "--multirun")

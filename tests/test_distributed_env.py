@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from rmpeft.train import export_slurm_distributed_env
+from rmpeft.job import export_slurm_distributed_env
 
 SLURM_TASK_1_OF_4 = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "1", "SLURM_NTASKS": "4", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
                      "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "gpu-node-7",

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("scoring and objectives", ("scoring", "objectives")),
     ("run building", ("run", "lifecycle")),
     ("evaluation", ("evaluation", "analysis")),
-    ("trainer and delta operations", ("trainer", "deltas")),
+    ("trainer and delta operations", ("trainer", "job", "deltas")),
     ("commands and reporting", ("train", "identity_cli", "hessian_cli", "lr_cli", "migrate", "params", "preview",
                                 "theory", "reporting", "sweeps", "bench")),
 ]

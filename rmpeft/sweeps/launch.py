@@ -59,11 +59,11 @@ class _Queue:
 
 
 def run_task(cfg: DictConfig) -> Any:
-    """The task function of every launched job: the same code path as ``rmpeft-train``."""
-    from rmpeft.train import hydra_main
+    """The task function of every launched job: the same code path as ``rmpeft-train``'s."""
+    from rmpeft.job import run_job
 
     try:
-        return hydra_main(cfg)
+        return run_job(cfg)
     except SystemExit as e:  # an entrypoint that exits instead of raising must not end other runs
         raise RuntimeError(f"run exited with status {e.code}") from None
 
