@@ -11,13 +11,13 @@ shape of OPT-1.3b (2048 x 2048, 1024 tokens) at 0.1% and 1% of entries, and exit
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from rmpeft.records import read_record
 from rmpeft.sparse import available_backends, get_backend
 from rmpeft.sparse.dense import DenseBackend
 from rmpeft.sparse.layers import MaskedLinear
@@ -68,11 +68,16 @@ def check_backends(size: int = 2048, tokens: int = 1024) -> int:
     return 1 if failed else 0
 
 
+def _metric(value: object) -> str:
+    return f"{value:6.3f}" if isinstance(value, (int, float)) else f"{'-':>6s}"
+
+
 def print_records(roots: list[str]) -> int:
+    """One line per run record under ``roots``; 1 when there is none or one did not finish."""
     rows = []
     for root in roots:
         for path in sorted(Path(root).rglob("record.json")):
-            rec = json.loads(path.read_text())
+            rec = read_record(path.parent) or {}
             cfg = rec.get("config", {})
             method = cfg.get("method", {})
             rows.append((f"{method.get('name', '?')}", str(method.get("backend", "-")),
@@ -85,9 +90,8 @@ def print_records(roots: list[str]) -> int:
     bad = 0
     for method, asked, used, protocol, device, precision, status, val, test in rows:
         bad += status != "finished"
-        fmt = lambda v: f"{v:6.3f}" if isinstance(v, (int, float)) else f"{'-':>6s}"
         print(f"{method:20s} {asked:8s} {used:8s} {protocol:9s} {device:6s} {precision:9s} {status:9s} "
-              f"{fmt(val)} {fmt(test)}")
+              f"{_metric(val)} {_metric(test)}")
     return 1 if bad or not rows else 0
 
 
