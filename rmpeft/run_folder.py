@@ -40,6 +40,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def slurm_job_name(job_id: str) -> str:
+    """How a claim names a SLURM job: ``<job>_<array task>``, or ``<job>_`` outside an array (submitit's
+    job ids are ``<job>_<array task>`` or ``<job>``)."""
+    return job_id if "_" in job_id else f"{job_id}_"
+
+
 def _job_id() -> str | None:
     """This process's SLURM job (array task included); the same after a requeue."""
     job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
@@ -82,11 +88,13 @@ def discard_next_delta(folder: Path) -> None:
 
 
 class RunLock:
-    """The exclusive claim of one run folder (see the module docstring)."""
+    """The exclusive claim of one run folder (see the module docstring). ``ended_job``: a SLURM job
+    (:func:`slurm_job_name`) known to have ended, whose claim is taken over at once wherever it ran."""
 
-    def __init__(self, folder: Path, stale_after_s: float) -> None:
+    def __init__(self, folder: Path, stale_after_s: float, ended_job: str | None = None) -> None:
         self.path = Path(folder) / LOCK_FILE
         self.stale_after_s = stale_after_s
+        self.ended_job = ended_job
         self.token = uuid.uuid4().hex
         self.held = False
 
@@ -101,13 +109,13 @@ class RunLock:
         return True
 
     def _holder_is_gone(self) -> bool:
-        """The claim's holder is known dead: a process of this host that no longer exists, or this very
-        SLURM job before it was requeued (time limit or preemption)."""
+        """The claim's holder is known dead: a process of this host that no longer exists, this very
+        SLURM job before it was requeued (time limit or preemption), or a SLURM job known to have ended."""
         try:
             info = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return False
-        if info.get("job") and info.get("job") == _job_id():
+        if info.get("job") and info.get("job") in (_job_id(), self.ended_job):
             return True
         if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
             return False

@@ -92,6 +92,48 @@ def test_a_run_still_held_by_a_live_process_is_not_marked(tmp_path):
     assert not (live / ".lock").exists()
 
 
+def test_a_claim_left_by_the_runs_ended_slurm_job_on_another_host_is_taken_over(tmp_path):
+    """A SLURM job killed on a compute node leaves its claim there; the sweep on the login node cannot
+    check that process, but it knows the job ended: the run is marked failed at once, not half an hour
+    later when the heartbeat goes stale. Another job's fresh claim stays respected."""
+    folder = tmp_path / "run"
+    records.write_record(folder, {"status": "running", "error": None, "config": {"seed": 1}})
+    (folder / ".lock").write_text(json.dumps({"token": "t", "pid": 1, "host": "node-elsewhere", "job": "7_1",
+                                              "started_at": "2026-01-01T00:00:00+00:00"}))
+    with hydra_initialized():
+        mark_dead(SweepRun((), folder), "job 7_2 ended without a result (state: CANCELLED by 0)", (), "7_2")
+        assert records.read_record(folder)["status"] == "running" and (folder / ".lock").exists()
+        mark_dead(SweepRun((), folder), "job 7_1 ended without a result (state: CANCELLED by 0)", (), "7_1")
+    rec = records.read_record(folder)
+    assert rec["status"] == "failed" and "CANCELLED" in rec["error"]
+    assert not (folder / ".lock").exists()
+
+
+def test_a_slurm_jobs_outcome_names_it_as_its_runs_claim_does(tmp_path, monkeypatch):
+    from rmpeft.run_folder import RunLock
+    from rmpeft.sweeps.launch import _job_outcome
+
+    class DoneJob:
+        paths = type("Paths", (), {"stdout": "o", "stderr": "e"})()
+        state = "CANCELLED"
+
+        def __init__(self, job_id: str) -> None:
+            self.job_id = job_id
+
+        def results(self) -> list:
+            raise RuntimeError("no result")
+
+    for job_id, env in (("42", {"SLURM_JOB_ID": "42"}),
+                        ("40_3", {"SLURM_JOB_ID": "43", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "3"})):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        folder = tmp_path / job_id
+        with RunLock(folder, records.STALE_AFTER_S):
+            claimed_by = json.loads((folder / ".lock").read_text())["job"]
+        assert _job_outcome(DoneJob(job_id), slurm=True).slurm_job == claimed_by
+        assert _job_outcome(DoneJob(job_id), slurm=False).slurm_job is None   # a local process id is no SLURM job
+
+
 @pytest.fixture
 def fast_smoke(tmp_path, cache_dir) -> list[str]:
     """Overrides that make the smoke sweep's runs take a few seconds in this process."""

@@ -155,7 +155,7 @@ def launch_runs(todo: list[SweepRun], say: Any) -> None:
         on_done=on_done,
     )
     for run, outcome in zip(todo, outcomes):
-        mark_dead(run, outcome.error, outcome.logs)
+        mark_dead(run, outcome.error, outcome.logs, outcome.slurm_job)
         run.logs = outcome.logs
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rmpeft.config import compose_run
+from rmpeft.run_folder import slurm_job_name
 from rmpeft.sweeps.hydra_internals import (
     JobReturn,
     JobStatus,
@@ -40,11 +41,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    """What became of one launched run's job. ``error`` is None when the job returned normally."""
+    """What became of one launched run's job. ``error`` is None when the job returned normally;
+    ``slurm_job`` names an ended SLURM job as run claims do (:func:`rmpeft.run_folder.slurm_job_name`)."""
 
     error: str | None = None
     logs: tuple[str, ...] = ()
     job_id: str | None = None
+    slurm_job: str | None = None
 
 
 @dataclass
@@ -55,6 +58,7 @@ class _Queue:
     executor: Any
     items: list[tuple[int, list[str], int]]  # (run index, task overrides, hydra job number)
     limit: int  # jobs of this group alive at once (SLURM: all, as one array)
+    slurm: bool  # the jobs run on SLURM (else as local processes)
     active: list[tuple[int, Any]] = field(default_factory=list)
 
 
@@ -78,25 +82,29 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
-def _outcome_of_return(ret: JobReturn, logs: tuple[str, ...] = (), job_id: str | None = None) -> Outcome:
+def _outcome_of_return(ret: JobReturn, logs: tuple[str, ...] = (), job_id: str | None = None,
+                       slurm_job: str | None = None) -> Outcome:
     error = describe(ret._return_value) if ret.status == JobStatus.FAILED else None
-    return Outcome(error=error, logs=logs, job_id=job_id)
+    return Outcome(error=error, logs=logs, job_id=job_id, slurm_job=slurm_job)
 
 
 def _job_logs(job: Any) -> tuple[str, ...]:
     return tuple(str(p) for p in (job.paths.stdout, job.paths.stderr))
 
 
-def _job_outcome(job: Any) -> Outcome:
+def _job_outcome(job: Any, slurm: bool) -> Outcome:
+    """The outcome of a submitit job that is done; ``slurm``: it ran on SLURM (else as a local process)."""
     logs, job_id = _job_logs(job), str(job.job_id)
+    slurm_job = slurm_job_name(job_id) if slurm else None
     try:
         ret = job.results()[0]
     except Exception:  # the job ended without a result: killed, out of memory, time limit, node failure
         state = getattr(job, "state", "UNKNOWN")
-        return Outcome(error=f"job {job_id} ended without a result (state: {state})", logs=logs, job_id=job_id)
+        return Outcome(error=f"job {job_id} ended without a result (state: {state})", logs=logs, job_id=job_id,
+                       slurm_job=slurm_job)
     if isinstance(ret, JobReturn):
-        return _outcome_of_return(ret, logs, job_id)
-    return Outcome(logs=logs, job_id=job_id)
+        return _outcome_of_return(ret, logs, job_id, slurm_job)
+    return Outcome(logs=logs, job_id=job_id, slurm_job=slurm_job)
 
 
 def _submit(queue: _Queue, refused: Callable[[int, Outcome], None]) -> None:
@@ -143,9 +151,10 @@ def launch(
         items = [(i, list(runs[i]), job_num + k) for k, i in enumerate(group)]
         job_num += len(group)
         if is_submitit_launcher(launcher):
-            limit = len(items) if submitit_kind(launcher) == "slurm" else local_parallelism(master)
+            slurm = submitit_kind(launcher) == "slurm"
+            limit = len(items) if slurm else local_parallelism(master)
             Path(str(master.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-            queues.append(_Queue(launcher, submitit_executor(launcher), items, limit))
+            queues.append(_Queue(launcher, submitit_executor(launcher), items, limit, slurm))
             continue
         try:
             returns = [_outcome_of_return(r) for r in launcher.launch([ov for _, ov, _ in items], items[0][2])]
@@ -162,7 +171,7 @@ def launch(
             still = []
             for i, job in queue.active:
                 if job.done():
-                    finish(i, _job_outcome(job))
+                    finish(i, _job_outcome(job, queue.slurm))
                 else:
                     still.append((i, job))
             queue.active = still

@@ -113,12 +113,13 @@ def summary_line(path: Path, n: dict[str, int]) -> str:
     return f"{path}: {n['total']} runs: {finished}, {n['failed']} failed{corrupt}, {n['missing']} missing{running}"
 
 
-def mark_dead(run: SweepRun, outcome_error: str | None, logs: tuple[str, ...]) -> None:
+def mark_dead(run: SweepRun, outcome_error: str | None, logs: tuple[str, ...], ended_job: str | None = None) -> None:
     """A launched run whose job ended without a final record failed: say why, and where the logs are.
     The record is read and written under the run folder's claim: a folder another live process holds
     (its launch here was refused) is left alone, and no run can finish between the read and the write.
-    An unreadable record is left as it is (it is reported as failed with its path)."""
-    claim = RunLock(run.folder, records.STALE_AFTER_S)
+    A claim left by ``ended_job`` (the run's own SLURM job, now ended) is taken over at once, even one
+    made on another host. An unreadable record is left as it is (it is reported as failed with its path)."""
+    claim = RunLock(run.folder, records.STALE_AFTER_S, ended_job)
     try:
         claim.acquire()
     except RmpeftError:
