@@ -40,9 +40,9 @@ EXPECTED_RUNS = {
     "cpu-study-gemma3": 1 + 5 * 4 + 5 + 4,
     # SST-2/RTE x 2 seeds + BoolQ/WiC x 1 seed, each {zero-shot + 4 LRs x (FT, LoRA, masking x 3, structured x 2)}
     # each: zero-shot, 6 grids of 4 LRs, Structured 0.01% over 5; WiC FT one more LR; upward: RTE LoRA 2 LRs and
-    # Masking 0.01% 1 and 0.001% 1 (2 seeds each), WiC Masking 0.1% 1, 0.01% 2, Structured 0.1% 1; downward:
+    # Masking 0.01% 2 and 0.001% 1 (2 seeds each), WiC Masking 0.1% 1, 0.01% 2, Structured 0.1% 1; downward:
     # BoolQ LoRA 2, Masking 0.001% 2, Structured 0.1% 1
-    "cpu-study": (2 * 2 + 2 * 1) * (1 + 4 * 6 + 5) + 1 + 2 * 2 + 2 * 1 + 2 * 1 + 1 + 2 + 1 + 2 + 2 + 1,
+    "cpu-study": (2 * 2 + 2 * 1) * (1 + 4 * 6 + 5) + 1 + 2 * 2 + 2 * 2 + 2 * 1 + 1 + 2 + 1 + 2 + 2 + 1,
 }
 
 
