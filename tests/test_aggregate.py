@@ -175,15 +175,25 @@ def test_failed_and_running_runs_are_reported_and_missing_lrs_flagged():
     msgs = {f.kind: f.message for f in c.flags}
     assert msgs["failed"] == "lr 0.1: seed 0 failed"
     assert msgs["running"] == "lr 0.01: seed 1 still running"
-    assert msgs["missing-lr"].startswith("no finished run at lr 0.1")
+    assert "no finished run at lr 0.1" in msgs["narrower-grid"]     # above the measured grid: not a hole
 
 
 def test_missing_lr_compared_with_the_grid_of_other_tasks():
-    rs = [record(task="sst2", lr=lr, val=0.5, test=0.5) for lr in (1e-3, 1e-2, 1e-1)]
-    rs += [record(task="rte", lr=lr, val=0.5, test=0.5) for lr in (1e-3, 1e-2)]
+    """An LR swept on another task and missing inside this cell's grid is a hole (incomplete); one missing
+    outside it (a grid extended on one task only) is a narrower grid, reported but not incomplete."""
+    from rmpeft.reporting.render import INCOMPLETE_MARK, _marks
+
+    rs = [record(task="sst2", lr=lr, val=0.5, test=0.5) for lr in (1e-3, 1e-2, 1e-1, 1.0)]
+    rs += [record(task="rte", lr=lr, val=v, test=v) for lr, v in ((1e-3, 0.5), (1e-1, 0.6), (1.0, 0.5))]
+    rs += [record(task="wic", lr=lr, val=v, test=v) for lr, v in ((1e-3, 0.5), (1e-2, 0.6), (1e-1, 0.5))]
     cells = {c.task: c for c in aggregate(runs(*rs))}
-    assert "missing-lr" not in kinds(cells["sst2"])
-    assert "no finished run at lr 0.1" in next(f.message for f in cells["rte"].flags if f.kind == "missing-lr")
+    assert set(kinds(cells["sst2"])) & {"missing-lr", "narrower-grid"} == set()
+    hole = next(f for f in cells["rte"].flags if f.kind == "missing-lr")
+    assert hole.lrs == [1e-2] and hole.message.startswith("no finished run at lr 0.01 inside the grid")
+    assert "narrower-grid" not in kinds(cells["rte"]) and INCOMPLETE_MARK in _marks(cells["rte"])
+    narrower = next(f for f in cells["wic"].flags if f.kind == "narrower-grid")
+    assert narrower.lrs == [1.0] and "missing-lr" not in kinds(cells["wic"])
+    assert INCOMPLETE_MARK not in _marks(cells["wic"])
 
 
 def test_groups_by_model_task_method_ratio():

@@ -460,7 +460,7 @@ def test_a_grid_extended_on_another_task_does_not_unsettle_a_bracketed_best():
     rs += [_run("wic", lr, v, v) for lr, v in ((3e-6, 0.5), (1e-5, 0.6), (3e-5, 0.55), (1e-4, 0.5))]
     rs += [_run("rte", lr, v, v) for lr, v in ((3e-6, 0.5), (1e-5, 0.7), (1e-4, 0.6))]     # 3e-5 not run
     cells = {c.task: c for c in aggregate(rs)}
-    assert "missing-lr" in {f.kind for f in cells["sst2"].flags}          # still reported in the tables
+    assert "narrower-grid" in {f.kind for f in cells["sst2"].flags}       # still reported in the tables
     assert lr_prediction.unsettled(cells["sst2"]) is None
     assert lr_prediction.unsettled(cells["wic"]) is None
     assert lr_prediction.unsettled(cells["rte"]) == "missing-lr"

@@ -54,9 +54,10 @@ SELECTIONS = ("val", "test")      # which mean metric picks a cell's learning ra
 
 @dataclass
 class Flag:
-    kind: str       # edge | missing-seeds | missing-lr | diverged | failed | running | tie | no-best | mixed | commits
+    kind: str       # edge | missing-seeds | missing-lr | narrower-grid | diverged | failed | running | tie | no-best
+                    # | mixed | commits
     message: str
-    lrs: list[float] = field(default_factory=list)   # the learning rates it is about (missing-lr: those absent)
+    lrs: list[float] = field(default_factory=list)   # the learning rates it is about (missing-lr, narrower-grid: absent)
 
 
 @dataclass
@@ -210,9 +211,18 @@ def _cell_flags(
         if s.running:
             flags.append(Flag("running", f"lr {_lr_text(s.lr)}: seed {', '.join(map(str, s.running))} still running"))
     absent = sorted(expected_lrs - set(cell.grid))
-    if absent:
-        flags.append(Flag("missing-lr", "no finished run at lr " + ", ".join(_lr_text(x) for x in absent)
-                          + " (swept for this model/method on other tasks or seeds)", absent))
+    # A hole inside the measured grid may hold the best LR; an LR outside it was swept where another task's
+    # grid was extended, and the edge flag already says whether this cell's best is bracketed.
+    holes = [x for x in absent if not cell.grid or cell.grid[0] < x < cell.grid[-1]]
+    outside = [x for x in absent if x not in holes]
+    if holes:
+        flags.append(Flag("missing-lr", "no finished run at lr " + ", ".join(_lr_text(x) for x in holes)
+                          + f" inside the grid {grid_text} (swept for this model/method on other tasks or seeds)",
+                          holes))
+    if outside:
+        flags.append(Flag("narrower-grid", "no finished run at lr " + ", ".join(_lr_text(x) for x in outside)
+                          + f", outside the grid {grid_text} (swept for this model/method on other tasks or seeds)",
+                          outside))
     return flags
 
 
@@ -237,7 +247,8 @@ def aggregate(runs: Iterable[RunResult], diverged: str = "skip-lr", select: str 
     Expected seeds are every seed seen for the cell's (experiment, model, task): a study may give its
     tasks different seed sets (`rmpeft-sweep --dry-run` counts what a sweep file still lacks); the
     expected LR grid of a cell is every LR seen for its (experiment, model, method, ratio, variant) on
-    any task.
+    any task: one absent inside the cell's measured grid is a hole (`missing-lr`), one outside it a
+    grid extended elsewhere (`narrower-grid`).
     """
     if diverged not in DIVERGED_POLICIES:
         raise unknown_choice("diverged policy", diverged, DIVERGED_POLICIES)

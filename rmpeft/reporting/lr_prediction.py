@@ -35,7 +35,7 @@ from rmpeft.lr_auto.calibration import Point, fit_constant, leave_one_cell_out, 
 from rmpeft.lr_auto.estimators import ESTIMATORS, get_estimator
 from rmpeft.lr_auto.settings import LRAutoSettings
 from rmpeft.records import read_record, setting_hash
-from rmpeft.reporting.aggregate import Cell, Flag, aggregate
+from rmpeft.reporting.aggregate import Cell, aggregate
 from rmpeft.reporting.paper import lr_text, method_label, model_label, percent_text, task_label
 from rmpeft.reporting.runs import RunResult, run_from_record
 from rmpeft.reporting.sources import load_records
@@ -145,15 +145,9 @@ UNSETTLED_FLAGS = ("edge", "missing-lr", "running", "failed", "no-best")
 
 def unsettled(cell: Cell) -> str | None:
     """Why ``cell``'s best LR is not yet a best (its first such flag kind), or None: a best at the edge of
-    its grid is only a bound, and a grid with runs missing, going or failed may still move it. An LR
-    missing outside the cell's measured grid (swept only on another task, where that task's grid was
-    extended) leaves a bracketed best settled; one missing inside it is a hole that may hold the best."""
-    def counts(flag: Flag) -> bool:
-        if flag.kind != "missing-lr" or not cell.grid:
-            return flag.kind in UNSETTLED_FLAGS
-        return any(min(cell.grid) < lr < max(cell.grid) for lr in flag.lrs)
-
-    return next((f.kind for f in cell.flags if counts(f)), None)
+    its grid is only a bound, and a grid with holes or runs going or failed may still move it (an LR swept
+    only on another task, outside this cell's grid, is a `narrower-grid` flag and leaves it settled)."""
+    return next((f.kind for f in cell.flags if f.kind in UNSETTLED_FLAGS), None)
 
 
 def cases_from_runs(cells: Iterable[Cell], runs: Sequence[RunResult], batches: int, power_iters: int,
